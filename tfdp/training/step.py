@@ -2,8 +2,9 @@
 
 forward -> per-example loss -> sum (+ model.losses once per example) -> loss scale
 -> gradients -> accumulate K micro-batches (locally) -> ONE packed all-reduce of
-[gradients, example count] -> divide by scale x global examples -> finite check (the
-same on every replica: it reads reduced values) -> clip by global norm -> apply.
+[gradients, example count] (skipped on one replica) -> divide by scale x global examples
+-> float16 only: finite check (the same on every replica: it reads reduced values) -> clip
+by global norm -> apply.
 """
 
 from __future__ import annotations
@@ -103,17 +104,24 @@ class Steps:
     def apply_step(self, accumulated) -> None:
         """One packed all-reduce, then the update, decided identically on every replica."""
         grads, n = accumulated
+        if self.strategy.num_replicas_in_sync > 1:
+            grads, n = self._all_reduce(grads, n)
+        inverse = tf.math.divide_no_nan(1.0, n * (self.loss_scale.scale if self.loss_scale else 1.0))
+        grads = [g * inverse for g in grads]
+        # Only a float16 loss scale skips non-finite steps (as Keras's LossScaleOptimizer);
+        # it reads the reduced gradients, so every replica decides alike.
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]) if self.loss_scale else None
+        tf.distribute.get_replica_context().merge_call(self._apply_once, args=(grads, finite))
+
+    def _all_reduce(self, grads, n):
+        """SUM of [gradients, example count] over all replicas, as ONE packed collective."""
         shapes = [g.shape for g in grads]
         packed = tf.concat([tf.reshape(g, [-1]) for g in grads] + [tf.reshape(n, [1])], axis=0)
         if self.compression != "none":
             packed = tf.cast(packed, self.compression)
         packed = tf.cast(tf.distribute.get_replica_context().all_reduce("SUM", packed), tf.float32)
-        sizes = [s.num_elements() for s in shapes] + [1]
-        *pieces, examples = tf.split(packed, sizes)
-        divisor = examples[0] * (self.loss_scale.scale if self.loss_scale else 1.0)
-        grads = [tf.reshape(tf.math.divide_no_nan(p, divisor), s) for p, s in zip(pieces, shapes)]
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        tf.distribute.get_replica_context().merge_call(self._apply_once, args=(grads, finite))
+        *pieces, examples = tf.split(packed, [s.num_elements() for s in shapes] + [1])
+        return [tf.reshape(p, s) for p, s in zip(pieces, shapes)], examples[0]
 
     def eval_step(self, batch) -> None:
         self._forward(batch, training=False)
@@ -123,13 +131,16 @@ class Steps:
     def _apply_once(self, strategy, grads, finite) -> None:
         # The reduced values are the same on every replica: take the first, decide once.
         first = lambda v: strategy.experimental_local_results(v)[0]  # noqa: E731
-        grads, finite = [first(g) for g in grads], first(finite)
+        grads = [first(g) for g in grads]
 
         def apply():
             clipped = tf.clip_by_global_norm(grads, self.clip_global_norm)[0] if self.clip_global_norm else grads
             with merge_calls_run_directly():
                 self.optimizer.apply_gradients(zip(clipped, self.model.trainable_variables))
 
+        if self.loss_scale is None:
+            apply()
+            return
+        finite = first(finite)
         tf.cond(finite, apply, lambda: None)
-        if self.loss_scale:
-            self.loss_scale.update(finite)
+        self.loss_scale.update(finite)
