@@ -117,7 +117,7 @@ def test_sigterm_to_the_launcher_leaves_no_process_behind():
     command = [*LAUNCH, "--num_workers", "2", "--grace_period", "1", "--", sys.executable, "-c", TOY_WORKER,
                "ignore-term", "120"]
     # Bounded below: a 30 s deadline for output, wait(timeout=30), SIGKILL of its group in finally.
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE,
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the 30 s deadline below, then SIGKILL
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None),
                                 start_new_session=True)
     pids = []

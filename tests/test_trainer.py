@@ -202,6 +202,19 @@ def test_compute_loss_hook_for_unsupervised_models(two_replicas):
         tfdp.Trainer(model, optimizer="sgd", strategy=two_replicas)
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_float32_applies_a_non_finite_step_as_keras_does(two_replicas, replicas):
+    # Only mixed_float16 skips non-finite steps (its loss scale needs that); in float32 a
+    # NaN gradient is applied, as Keras's own optimizers do, so divergence shows.
+    strategy = two_replicas if replicas == 2 else tfdp.create_strategy("one_device", devices=["/cpu:0"])
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    nan_loss = lambda model, batch, training: model(batch, training=training)[:, 0] * float("nan")  # noqa: E731
+    trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.1), compute_loss=nan_loss, strategy=strategy)
+    trainer.fit(tf.data.Dataset.from_tensor_slices(np.ones((4, 2), "float32")).batch(4), epochs=1, verbose=0)
+    assert not np.isfinite(model.get_weights()[0]).any()
+
+
 def test_bfloat16_and_compressed_all_reduce_train_close_to_float32(two_replicas):
     reference, _, _ = run_trainer(two_replicas, dict_data(45))
     compressed, _, _ = run_trainer(two_replicas, dict_data(45), all_reduce_dtype="bfloat16")
