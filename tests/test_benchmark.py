@@ -14,7 +14,7 @@ BENCHMARK = [sys.executable, "-m", "recipes.benchmark"]
 def test_benchmark_reports_each_configuration(tmp_path):
     output = tmp_path / "bench.json"
     args = ["--configs=single-1t-trainer,workers2-trainer", "--model=mlp", "--steps=3", "--repeats=1",
-            "--split_steps=2", f"--output={output}"]
+            "--split_steps=2", "--split_repeats=1", f"--output={output}"]
     result = subprocess.run([*BENCHMARK, *args], timeout=300, capture_output=True, text=True, cwd=ROOT,
                             env=_env(None))
     assert result.returncode == 0, result.stderr[-3000:]
