@@ -95,11 +95,48 @@ def test_only_the_chief_writes_the_users_files_and_prints_progress(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     chief, worker = results
     assert sorted(p.name for p in shared.iterdir()) == ["backup", "ckpt-1.weights.h5", "ckpt-2.weights.h5", "tb"]
-    backups = sorted(p.name for p in (shared / "backup").iterdir())
-    assert len(backups) == 2 and backups[0] == "latest.tfdp" and backups[1].startswith("tfdp-backup-")
+    assert sorted(p.name for p in (shared / "backup").iterdir()) == ["latest.weights.h5",
+                                                                     "training_metadata.json"]
     assert (shared / "tb" / "train").is_dir()
     assert "Epoch 2/2" in chief.stdout and "Epoch" not in worker.stdout
     assert not [p for p in private_tmp.iterdir() if p.name.startswith("tfdp-worker-")]  # removed
+
+
+STOCK_CALLBACKS_WORKER = CALLBACKS_WORKER.replace(
+    "strategy = tfdp.create_strategy()",
+    "strategy = tfdp.create_strategy(timeout_seconds=60)\ntfdp.keras_fixes.install(exclude=['chief_writes'])")
+
+
+def test_stock_callbacks_write_from_every_worker(tmp_path):
+    """Guards chief_writes (reproduced on Keras 3.15.1 and 3.16.0.dev2026102704): without it the
+    non-chief worker prints a progress bar and writes the user's files, or dies on their lock."""
+    shared, private_tmp = tmp_path / "shared", tmp_path / "tmp"
+    shared.mkdir()
+    private_tmp.mkdir()
+    results = run_workers(STOCK_CALLBACKS_WORKER, num_workers=2, timeout=180,
+                          env={"SHARED_DIR": str(shared), "TMPDIR": str(private_tmp)})
+    worker = results[1]
+    assert worker.returncode != 0 or "Epoch 2/2" in worker.stdout, (worker.stdout[-2000:], worker.stderr[-2000:])
+
+
+STOCK_FIT_WORKER = """
+import tfdp
+from tests.models import dict_data, dict_model, train
+strategy = tfdp.create_strategy(timeout_seconds=60)
+tfdp.keras_fixes.install(exclude=["multi_worker_fit"])
+train(strategy, dict_model, dict_data(48))
+print("TRAINED")
+"""
+
+
+def test_stock_keras_fit_crashes_on_two_workers():
+    """Guards multi_worker_fit (keras-team/keras#20585; reproduced on Keras 3.15.1 and
+    3.16.0.dev2026102704): fit under MultiWorkerMirroredStrategy fails without it."""
+    results = run_workers(STOCK_FIT_WORKER, num_workers=2, timeout=180)
+    for r in results:
+        assert r.returncode != 0 and "TRAINED" not in r.stdout
+    assert any("PerReplica" in r.stderr or "reduction dimension" in r.stderr for r in results), \
+        results[0].stderr[-3000:]
 
 
 KILLED_WORKER = """

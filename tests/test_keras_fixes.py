@@ -1,37 +1,111 @@
-"""The registry of upstream repairs: installed by create_strategy, removable, guarded."""
+"""The registry of upstream repairs: installed by create_strategy, never silently off."""
 
+import dataclasses
+import logging
+import re
+from pathlib import Path
+
+import keras
 import pytest
 
 import tfdp
-from tfdp import keras_fixes
+from tfdp import _compat, keras_fixes
+from tfdp._requirements import VERIFIED_KERAS, parse_version
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_create_strategy_installs_the_repairs_this_keras_needs():
+@pytest.fixture
+def restore_repairs():
+    """Reinstalls every repair afterwards (request it before monkeypatch: it is undone last)."""
+    yield
+    keras_fixes.install(exclude=())
+
+
+def test_create_strategy_installs_every_repair_this_keras_needs():
     tfdp.create_strategy("mirrored", num_cpu_replicas=2)
-    needed = {fix.name for fix in keras_fixes.FIXES if fix.is_needed()}
-    assert needed and set(keras_fixes.installed()) == needed
+    assert set(keras_fixes.installed()) == {fix.name for fix in keras_fixes.FIXES if keras_fixes.is_needed(fix)}
+    assert len(keras_fixes.installed()) == 6
 
 
-def test_every_repair_names_its_upstream_report_and_versions():
+def test_every_repair_states_its_upstream_link_versions_and_the_test_that_shows_it():
+    links = [fix.upstream for fix in keras_fixes.FIXES]
     for fix in keras_fixes.FIXES:
-        assert fix.upstream.startswith("https://github.com/")
-        first, last = fix.keras_versions
-        assert first <= last
+        assert re.fullmatch(r"https://github\.com/[\w-]+/[\w-]+/(issues|pull)/\d+", fix.upstream), fix.upstream
+        first, last = map(parse_version, fix.reproduced)
+        assert parse_version(VERIFIED_KERAS[0]) <= first <= last <= parse_version(VERIFIED_KERAS[1])
+        path, _, name = fix.test.partition("::")
+        assert re.search(rf"def {re.escape(name.split('[')[0])}\(", (ROOT / path).read_text()), fix.test
+    assert len(set(links)) == len(links)  # one report per bug
 
 
-def test_uninstall_and_exclude():
+def test_a_repair_retired_upstream_is_left_out():
+    fix = next(f for f in keras_fixes.FIXES if f.name == "partial_batch")
+    assert keras_fixes.is_needed(fix)
+    retired = dataclasses.replace(fix, fixed_in="3.15.0")
+    assert not keras_fixes.is_needed(retired, "3.15.1") and keras_fixes.is_needed(retired, "3.14.9")
+
+
+def test_exclude_is_remembered_by_create_strategy(restore_repairs):
+    assert "partial_batch" not in keras_fixes.install(exclude=["partial_batch"])
+    tfdp.create_strategy("mirrored", num_cpu_replicas=2)
+    assert "partial_batch" not in keras_fixes.installed()
+    with pytest.raises(tfdp.ConfigError, match='Did you mean "partial_batch"'):
+        keras_fixes.install(exclude=["partial_btach"])
     keras_fixes.uninstall()
     assert keras_fixes.installed() == ()
-    try:
-        assert "partial_batch" not in keras_fixes.install(exclude=["partial_batch"])
-        with pytest.raises(tfdp.ConfigError, match='Did you mean "partial_batch"'):
-            keras_fixes.install(exclude=["partial_btach"])
-    finally:
+    assert "partial_batch" in keras_fixes.install(exclude=())
+
+
+def test_a_keras_newer_than_verified_gets_the_repairs_and_one_warning(restore_repairs, monkeypatch, caplog):
+    keras_fixes.uninstall()
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    monkeypatch.setattr(keras_fixes, "_warned_newer", False)
+    with caplog.at_level(logging.WARNING, logger="tfdp"):
+        tfdp.create_strategy("mirrored", num_cpu_replicas=2)
+        tfdp.create_strategy("mirrored", num_cpu_replicas=2)
+    warnings = [r.getMessage() for r in caplog.records if "newer than" in r.getMessage()]
+    assert len(warnings) == 1 and f"{VERIFIED_KERAS[0]} to {VERIFIED_KERAS[1]}" in warnings[0]
+    assert len(keras_fixes.installed()) == len(keras_fixes.FIXES)
+
+
+def test_the_verified_nightly_gets_no_warning(restore_repairs, monkeypatch, caplog):
+    keras_fixes.uninstall()
+    monkeypatch.setattr(keras, "__version__", VERIFIED_KERAS[1])
+    monkeypatch.setattr(keras_fixes, "_warned_newer", False)
+    with caplog.at_level(logging.WARNING, logger="tfdp"):
         keras_fixes.install()
-    assert "partial_batch" in keras_fixes.installed()
+    assert "newer than" not in caplog.text
 
 
-def test_a_keras_outside_the_verified_range_is_left_alone(monkeypatch):
-    fix = next(f for f in keras_fixes.FIXES if f.name == "partial_batch")
-    monkeypatch.setattr(keras_fixes, "KERAS_VERSION", (99, 0, 0))
-    assert not fix.is_needed()
+def test_a_missing_keras_internal_is_a_config_error_naming_the_repair(restore_repairs, monkeypatch):
+    keras_fixes.uninstall()
+    monkeypatch.delattr(_compat.tf_trainer_class(), "_maybe_symbolic_build")
+    with pytest.raises(tfdp.ConfigError) as raised:
+        tfdp.create_strategy("mirrored", num_cpu_replicas=2)
+    message = str(raised.value)
+    for part in ("'multi_worker_fit'", f"Keras {keras.__version__}", "_maybe_symbolic_build does not exist",
+                 f'keras>={VERIFIED_KERAS[0]},<={VERIFIED_KERAS[1]}', 'install(exclude=["multi_worker_fit"])'):
+        assert part in message
+    assert keras_fixes.installed() == ()  # nothing half-installed
+    keras_fixes.install(exclude=["multi_worker_fit"])  # the way out the message names
+    assert "multi_worker_fit" not in keras_fixes.installed() and len(keras_fixes.installed()) == 5
+
+
+def test_a_changed_signature_is_a_config_error(restore_repairs, monkeypatch):
+    keras_fixes.uninstall()
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model", lambda self, epoch: None)
+    with pytest.raises(tfdp.ConfigError, match=r"'backup_and_restore'.*_save_model takes \(self, epoch\)"):
+        keras_fixes.install()
+
+
+def test_private_classes_are_found_by_their_module_not_their_name():
+    trainer, base = _compat.tf_trainer_class(), _compat.base_trainer_class()
+    assert trainer.__module__ == "keras.src.backend.tensorflow.trainer" and issubclass(trainer, base)
+    assert trainer in keras.Model.__mro__ and base in keras.Model.__mro__
+    assert issubclass(keras.optimizers.Adam, _compat.tf_optimizer_class())
+
+
+def test_the_newest_verified_keras_is_the_pinned_nightly_of_ci():
+    pin = (ROOT / ".ci" / "keras-nightly.txt").read_text().strip()
+    assert pin == f"keras-nightly=={VERIFIED_KERAS[1]}"

@@ -3,23 +3,36 @@
 import pytest
 
 from tests.workers import run_python
-from tfdp._requirements import check_versions
+import tfdp
+from tfdp._requirements import VERIFIED_KERAS, check_versions
 
 
 def test_current_versions_pass():
     check_versions("2.21.0", "3.15.1", "tensorflow")
 
 
-@pytest.mark.parametrize("tf_version,keras_version,backend,expected", [
-    ("2.15.1", "3.15.1", "tensorflow", ['TensorFlow >= 2.16', "found 2.15.1", 'pip install "tfdp[cpu]"']),
-    ("2.21.0", "3.3.3", "tensorflow", ["Keras >= 3.8", "found 3.3.3", 'pip install "keras>=3.8"']),
-    ("2.21.0", "3.15.1", "jax", ['KERAS_BACKEND is "jax"', "KERAS_BACKEND=tensorflow"]),
-])
-def test_unusable_versions_say_what_to_install(tf_version, keras_version, backend, expected):
+def test_a_too_old_tensorflow_says_what_to_install():
     with pytest.raises(ImportError) as raised:
-        check_versions(tf_version, keras_version, backend)
+        check_versions("2.15.1", "3.15.1", "tensorflow")
+    for part in ['TensorFlow >= 2.16', "found 2.15.1", 'pip install "tfdp[cpu]"']:
+        assert part in str(raised.value)
+
+
+@pytest.mark.parametrize("keras_version,backend,expected", [
+    ("3.3.3", "tensorflow", ["Keras 3.3.3", f"verified on Keras {VERIFIED_KERAS[0]}", f'pip install "keras>={VERIFIED_KERAS[0]}"']),
+    ("3.15.0", "tensorflow", ["Keras 3.15.0", f'pip install "keras>={VERIFIED_KERAS[0]}"']),
+    ("3.15.1", "jax", ['KERAS_BACKEND is "jax"', "KERAS_BACKEND=tensorflow"]),
+])
+def test_an_unverified_keras_or_backend_is_a_config_error(keras_version, backend, expected):
+    with pytest.raises(tfdp.ConfigError) as raised:
+        check_versions("2.21.0", keras_version, backend)
     for part in expected:
         assert part in str(raised.value)
+
+
+def test_nightly_and_newer_keras_pass_the_import_check():
+    check_versions("2.21.0", VERIFIED_KERAS[1], "tensorflow")
+    check_versions("2.21.0", "3.16.0", "tensorflow")
 
 
 def test_missing_tensorflow_is_one_clear_message():

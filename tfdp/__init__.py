@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "create_strategy": "tfdp.strategy",
-    "is_chief": "tfdp.strategy",
+    "is_chief": "tfdp.roles",
     "synchronize_batch_norm": "tfdp.batch_norm",
     "Trainer": "tfdp.training",
 }

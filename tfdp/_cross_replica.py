@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 
+from tfdp import _compat
 from tfdp._requirements import import_tensorflow
 
 tf = import_tensorflow()
 import keras  # noqa: E402
-from keras.src import tree  # noqa: E402
-
-_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def gradients_reduced(*optimizers):
-    """Marks, for the duration, that gradients given to `optimizers` are all-reduced.
-
-    Keras's TensorFlow optimizer then skips its own all-reduce. A counter, not a flag:
-    replica threads trace the same optimizer concurrently.
-    """
-    with _lock:
-        for optimizer in optimizers:
-            optimizer._tfdp_reduced_depth = getattr(optimizer, "_tfdp_reduced_depth", 0) + 1
-    try:
-        yield
-    finally:
-        with _lock:
-            for optimizer in optimizers:
-                optimizer._tfdp_reduced_depth -= 1
-
 
 @contextlib.contextmanager
 def merge_calls_run_directly():
@@ -38,7 +16,7 @@ def merge_calls_run_directly():
 
     Stock TF fetches the replica context there, which is None in the cross-replica context.
     """
-    interim = tf.__internal__.distribute.interim
+    interim = _compat.distribute_interim()
     stock = interim.maybe_merge_call
 
     def maybe_merge_call(fn, strategy, *args, **kwargs):
@@ -54,7 +32,7 @@ def merge_calls_run_directly():
 
 
 def batch_size(x) -> tf.Tensor:
-    return tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
+    return tf.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
 
 
 def _pad_one_row(t: tf.Tensor) -> tf.Tensor:
@@ -72,12 +50,12 @@ def nonempty_batch(x, y, sample_weight):
     n = batch_size(x)
     if sample_weight is None:
         sample_weight = tf.ones([n], keras.backend.floatx())
-    leaves = [t for t in tree.flatten((x, y, sample_weight)) if t is not None]
+    leaves = [t for t in keras.tree.flatten((x, y, sample_weight)) if t is not None]
     dense = [isinstance(t, tf.Tensor) and t.shape.rank for t in leaves]
     if not all(dense):  # Ragged or sparse inputs: left as they are.
         return x, y, sample_weight, n
     padded = tf.cond(n > 0, lambda: leaves, lambda: [_pad_one_row(t) for t in leaves])
     padded = iter(padded)
-    x, y, sample_weight = tree.map_structure(
+    x, y, sample_weight = keras.tree.map_structure(
         lambda t: None if t is None else next(padded), (x, y, sample_weight), none_is_leaf=True)
     return x, y, sample_weight, n

@@ -1,30 +1,52 @@
-"""Imports TensorFlow and Keras once, with one clear message when they are unusable."""
+"""Imports TensorFlow and Keras once, with one clear message when they are unusable.
+
+Also the one statement of which Keras releases tfdp's repairs are verified on (no
+TensorFlow needed to read it: setup.cfg, the docs and `tfdp.keras_fixes` agree with it).
+"""
 
 from __future__ import annotations
 
 import os
-import re
 from types import ModuleType
 
-MIN_TENSORFLOW = (2, 16)
-MIN_KERAS = (3, 8)
+from packaging.version import InvalidVersion, Version
+
+from tfdp.errors import ConfigError
+
+MIN_TENSORFLOW = "2.16"
+# The oldest and newest Keras on which every repair was reproduced (stock Keras wrong) and
+# verified (repaired Keras equal to one device). The newest is the keras-nightly pinned in
+# .ci/run's nightly lane; it moves only with that pin, in a commit of its own.
+VERIFIED_KERAS = ("3.15.1", "3.16.0.dev2026102704")
 _INSTALL_HINT = ('Install a build of TensorFlow >= 2.16 with tfdp\'s extras: pip install "tfdp[cpu]" '
                  '(CPU-only) or pip install "tfdp[gpu]" (CUDA).')
 
 
-def version_tuple(version: str) -> tuple[int, ...]:
-    """"2.21.0rc1" -> (2, 21, 0)."""
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+def parse_version(version: str) -> Version:
+    """A PEP 440 version; local tags and odd suffixes ("2.21.0-rc1+cpu") are tolerated."""
+    try:
+        return Version(version)
+    except InvalidVersion:
+        return Version(".".join(version.split("+")[0].split("-")[0].split(".")[:3]))
 
 
 def check_versions(tf_version: str, keras_version: str, keras_backend: str) -> None:
-    """Raises ImportError with what to install when the versions cannot work."""
-    if version_tuple(tf_version) < MIN_TENSORFLOW:
-        raise ImportError(f"tfdp needs TensorFlow >= 2.16 (Keras 3 era); found {tf_version}. {_INSTALL_HINT}")
-    if version_tuple(keras_version) < MIN_KERAS:
-        raise ImportError(f'tfdp needs Keras >= 3.8; found {keras_version}. Fix: pip install "keras>=3.8".')
+    """Raises with what to install when the versions cannot work.
+
+    Raises:
+        ImportError: TensorFlow is too old.
+        ConfigError: Keras is older than the oldest Keras the repairs are verified on,
+            or Keras runs another backend.
+    """
+    if parse_version(tf_version) < Version(MIN_TENSORFLOW):
+        raise ImportError(f"tfdp needs TensorFlow >= {MIN_TENSORFLOW} (Keras 3 era); found {tf_version}. "
+                          f"{_INSTALL_HINT}")
+    if parse_version(keras_version) < Version(VERIFIED_KERAS[0]):
+        raise ConfigError(f"Keras {keras_version}: tfdp's repairs of Keras are verified on Keras "
+                          f"{VERIFIED_KERAS[0]} to {VERIFIED_KERAS[1]}, and older releases have bugs they "
+                          f'were not checked against. Fix: pip install "keras>={VERIFIED_KERAS[0]}".')
     if keras_backend != "tensorflow":
-        raise ImportError(f'tfdp needs the Keras TensorFlow backend; KERAS_BACKEND is "{keras_backend}". '
+        raise ConfigError(f'KERAS_BACKEND is "{keras_backend}": tfdp needs the Keras TensorFlow backend. '
                           "Fix: unset KERAS_BACKEND or set KERAS_BACKEND=tensorflow before importing keras.")
 
 
@@ -38,6 +60,7 @@ def import_tensorflow() -> ModuleType:
     try:
         import keras
     except ImportError as e:
-        raise ImportError(f'tfdp needs Keras 3, which could not be imported ({e}). Fix: pip install "keras>=3.8".') from e
+        raise ImportError(f"tfdp needs Keras 3, which could not be imported ({e}). "
+                          f'Fix: pip install "keras>={VERIFIED_KERAS[0]}".') from e
     check_versions(tf.__version__, keras.__version__, keras.backend.backend())
     return tf

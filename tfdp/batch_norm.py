@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from tfdp import _compat, roles
 from tfdp._requirements import import_tensorflow
 
 import_tensorflow()
@@ -14,7 +15,7 @@ _warned: set[int] = set()
 
 
 def _batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    return [layer for layer in model._flatten_layers(include_self=False)
+    return [layer for layer in _compat.flatten_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
@@ -37,12 +38,10 @@ def synchronize_batch_norm(model: keras.Model) -> int:
 
 def warn_if_unsynchronized(model: keras.Model, *, num_replicas: int) -> None:
     """Logs once per model (on the chief) when unsynchronised BN layers train on replicas."""
-    from tfdp.strategy import is_chief
-
     if num_replicas < 2 or id(model) in _warned:
         return
     names = [layer.name for layer in _batch_norm_layers(model) if not layer.synchronized]
-    if names and is_chief(model.distribute_strategy):
+    if names and roles.is_chief(model.distribute_strategy):
         _warned.add(id(model))
         logger.warning(
             "tfdp: BatchNormalization layer(s) %s train on %d replicas unsynchronised: each "

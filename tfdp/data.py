@@ -12,12 +12,11 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tfdp import _compat, roles
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 
 tf = import_tensorflow()
-from tensorflow.core.framework import graph_pb2  # noqa: E402
-from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset  # noqa: E402
 
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds
@@ -31,12 +30,6 @@ _READER_OPS = ("TFRecordDataset", "TFRecordDatasetV2", "TextLineDataset", "Fixed
 _warned: set[str] = set()
 
 DatasetOrFn = tf.data.Dataset | Callable[[tf.distribute.InputContext], tf.data.Dataset]
-
-
-def _num_workers(strategy: tf.distribute.Strategy) -> int:
-    from tfdp.strategy import num_workers
-
-    return num_workers(strategy)
 
 
 def _check_positive(name: str, value) -> None:
@@ -73,13 +66,11 @@ def per_worker_batch_size(global_batch_size: int, strategy: tf.distribute.Strate
         ConfigError: when the global batch does not divide by the replicas.
     """
     return per_replica_batch_size(global_batch_size, strategy) * (
-        strategy.num_replicas_in_sync // _num_workers(strategy))
+        strategy.num_replicas_in_sync // roles.num_workers(strategy))
 
 
 def _warn_once(key: str, message: str, *args) -> None:
-    from tfdp.strategy import is_chief
-
-    if key not in _warned and is_chief():
+    if key not in _warned and roles.is_chief():
         _warned.add(key)
         logger.warning(message, *args)
 
@@ -90,8 +81,7 @@ def source_files(dataset: tf.data.Dataset) -> int | None:
     Reads the dataset's graph: a file reader op (in the graph or in a function such as an
     interleave's), fed from a list of file names.
     """
-    graph = graph_pb2.GraphDef()
-    graph.ParseFromString(dataset._as_serialized_graph().numpy())
+    graph = _compat.dataset_graph_def(dataset)
     nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
     if not any(n.op in _READER_OPS for n in nodes):
         return None
@@ -132,7 +122,7 @@ def _resolve_policy(dataset: tf.data.Dataset, shard: str, pipelines: int) -> tup
 def _shard_file(dataset: tf.data.Dataset, pipelines: int, index: int) -> tf.data.Dataset:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
-    return _AutoShardDataset(dataset.with_options(options), pipelines, index)
+    return _compat.auto_shard_dataset(dataset.with_options(options), pipelines, index)
 
 
 def _check_size(dataset: tf.data.Dataset, global_batch_size: int) -> None:

@@ -13,12 +13,15 @@ import os
 import zlib
 from collections.abc import Sequence
 
+from tfdp import _compat, keras_fixes
 from tfdp import cluster as cluster_lib
-from tfdp import keras_fixes
+from tfdp.roles import is_chief, num_workers
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 
 tf = import_tensorflow()
+
+__all__ = ["create_strategy", "is_chief", "num_workers", "STRATEGY_NAMES", "COMMUNICATIONS"]
 
 STRATEGY_NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 COMMUNICATIONS = ("auto", "ring", "nccl")
@@ -126,9 +129,7 @@ def _agree_on_random_seed(tf_config: cluster_lib.TFConfig | None) -> None:
     new order each epoch. The seed comes from TFDP_SEED (tfdp-launch sets a fresh one per
     job), else from the cluster's addresses.
     """
-    from tensorflow.python.eager import context
-
-    if tf_config is None or context.global_seed() is not None:
+    if tf_config is None or _compat.global_seed() is not None:
         return
     seed = os.environ.get(cluster_lib.SEED_ENV)
     if seed is None or not seed.isdigit():
@@ -227,33 +228,3 @@ def _device_names(resolved: str, strategy: tf.distribute.Strategy) -> str:
     if resolved == "default":  # The default strategy has no device list of its own.
         return "TensorFlow's default placement"
     return ", ".join(strategy.extended.worker_devices)
-
-
-def num_workers(strategy: tf.distribute.Strategy | None = None) -> int:
-    """How many worker processes train together under `strategy`."""
-    strategy = strategy or tf.distribute.get_strategy()
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return sum(len(spec.get(job, ())) for job in cluster_lib.TRAINING_TASK_TYPES)
-
-
-def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
-    """Whether this process writes the user's files (checkpoints, logs, exports).
-
-    Args:
-        strategy: the strategy to ask; None asks the strategy in scope, and outside
-            any scope reads TF_CONFIG (no TF_CONFIG: a single process is the chief).
-    """
-    if strategy is None and not tf.distribute.has_strategy():
-        tf_config = cluster_lib.TFConfig.from_env()
-        return tf_config is None or tf_config.is_chief
-    strategy = strategy or tf.distribute.get_strategy()
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    spec = resolver.cluster_spec().as_dict()
-    if "chief" in spec:
-        return resolver.task_type == "chief"
-    return resolver.task_type == "worker" and resolver.task_id == 0

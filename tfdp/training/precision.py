@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from tfdp import _compat
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 
@@ -27,7 +28,7 @@ def check_model_matches(model: keras.Model, policy: str | None) -> None:
         return
     check_choice("Trainer(mixed_precision)", policy, POLICIES)
     compute = policy.split("_")[1]
-    layers = [layer for layer in model._flatten_layers(include_self=False) if layer.weights]
+    layers = [layer for layer in _compat.flatten_layers(model) if layer.weights]
     if not any(layer.dtype_policy.compute_dtype == compute for layer in layers):
         raise ConfigError(
             f'Trainer(mixed_precision="{policy}"): the model\'s layers compute in '

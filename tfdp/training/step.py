@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import keras
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfdp._cross_replica import merge_calls_run_directly, nonempty_batch
 from tfdp._requirements import import_tensorflow
@@ -70,7 +69,7 @@ class Steps:
         if self.compute_loss is not None:
             per_example = _per_example(self.compute_loss(self.model, batch, training))
             return self._total(per_example, tf.shape(per_example)[0])
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(batch)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         x, y, sample_weight, n = nonempty_batch(x, y, sample_weight)
         y_pred = self.model(x, training=training)
         per_example = _per_example(self.loss(y, y_pred)) * tf.cast(sample_weight, tf.float32)

@@ -12,7 +12,7 @@ import keras
 
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
-from tfdp.strategy import is_chief
+from tfdp.roles import is_chief
 from tfdp.training import precision
 from tfdp.training.step import COMPRESSIONS, Steps, per_example_loss_fn
 

@@ -1,0 +1,148 @@
+"""Each repair is needed: with that one repair excluded, stock Keras is wrong or crashes.
+
+Reproduced on Keras 3.15.1 and keras-nightly 3.16.0.dev2026102704 (the nightly lane of
+.ci/run runs this file). The same cases with the repairs installed equal one device.
+The two repairs that only show on several workers (multi_worker_fit, chief_writes) are
+guarded in tests/test_fit_multi_worker.py.
+"""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+import tfdp
+from tfdp import keras_fixes
+from tests.models import dict_data, dict_model, train
+
+
+@pytest.fixture
+def strategies():
+    return (tfdp.create_strategy("one_device", devices=["/cpu:0"]),
+            tfdp.create_strategy("mirrored", num_cpu_replicas=2))
+
+
+@pytest.fixture
+def without():
+    """without(name): the repairs installed except `name`, restored afterwards."""
+    yield lambda name: keras_fixes.install(exclude=[name])
+    keras_fixes.install(exclude=())
+
+
+def max_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def adam_with_clip():
+    return keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 3, 0.5), global_clipnorm=0.05)
+
+
+def case_partial_batch(one, two):
+    reference, _ = train(one, dict_model, dict_data(45))
+    return max_diff(reference, train(two, dict_model, dict_data(45))[0])
+
+
+def case_reduce_before_clip(one, two):
+    reference, _ = train(one, dict_model, dict_data(45), optimizer=adam_with_clip)
+    return max_diff(reference, train(two, dict_model, dict_data(45), optimizer=adam_with_clip)[0])
+
+
+def case_steps_per_execution(one, two):
+    reference, _ = train(one, dict_model, dict_data(45), optimizer=adam_with_clip)
+    return max_diff(reference, train(two, dict_model, dict_data(45), optimizer=adam_with_clip,
+                                     steps_per_execution=3)[0])
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises after `step` steps of epoch 1 (the kill of a real run)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._epoch == 1 and batch + 1 == self.step:
+            raise RuntimeError("interrupted")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+
+def case_backup_and_restore(one, two, tmp_path):
+    """Interrupted mid-epoch after a backup, resumed: the steps taken equal an uninterrupted run's."""
+    def run(callbacks):
+        return train(two, dict_model, dict_data(48), epochs=3, optimizer=lambda: keras.optimizers.Adam(0.01),
+                     fit_kwargs=dict(callbacks=callbacks))[0]
+
+    reference = run([])
+    backup = lambda: keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), save_freq=2)  # noqa: E731
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([backup(), Interrupt(step=3)])
+    resumed = run([backup()])
+    assert int(reference.optimizer.iterations.numpy()) == 18
+    return max(max_diff(reference, resumed), abs(int(resumed.optimizer.iterations.numpy()) - 18))
+
+
+# name -> (case, how stock Keras fails: None = trains to different weights, else its error message)
+CASES = {"partial_batch": (case_partial_batch, None),
+         "reduce_before_clip": (case_reduce_before_clip, None),
+         "steps_per_execution": (case_steps_per_execution, "You must feed a value for placeholder tensor"),
+         "backup_and_restore": (case_backup_and_restore, None)}
+
+
+def run_case(name, strategies, tmp_path):
+    kwargs = {"tmp_path": tmp_path} if name == "backup_and_restore" else {}
+    return CASES[name][0](*strategies, **kwargs)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_stock_keras_is_wrong_without(name, strategies, without, tmp_path):
+    assert run_case(name, strategies, tmp_path / "repaired") < 1e-5
+    without(name)
+    crash = CASES[name][1]
+    if crash:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=crash):
+            run_case(name, strategies, tmp_path / "stock")
+    else:
+        drift = run_case(name, strategies, tmp_path / "stock")
+        assert drift > 1e-3, f"stock Keras matched one device without {name}: retire the repair?"
+
+
+def fp16_model():
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"),
+                             keras.layers.Dense(1, dtype="float32")])
+
+
+def test_stock_loss_scale_optimizer_applies_a_nan_seen_by_one_replica(strategies, without):
+    """reduce_before_clip's second half: the finite check must read the reduced gradients."""
+    _, two = strategies
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        without("reduce_before_clip")
+        x = np.ones((8, 4), "float32")
+        x[5, 2] = np.nan  # replica 1's half of the only batch
+        keras.utils.set_random_seed(7)
+        with two.scope():
+            model = fp16_model()
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.fit(x, np.ones((8, 1), "float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert not all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_stock_gradient_accumulation_crashes_in_fit(strategies, without):
+    """reduce_before_clip's third half (keras-team/keras#20582)."""
+    _, two = strategies
+    without("reduce_before_clip")
+    with pytest.raises((RuntimeError, ValueError, tf.errors.InvalidArgumentError), match="merge_call"):
+        train(two, dict_model, dict_data(48), optimizer=lambda: keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))
+
+
+def test_repairs_change_nothing_on_one_device(strategies, without):
+    one, _ = strategies
+    repaired, _ = train(one, dict_model, dict_data(45), optimizer=adam_with_clip, steps_per_execution=3)
+    keras_fixes.uninstall()
+    stock, _ = train(one, dict_model, dict_data(45), optimizer=adam_with_clip, steps_per_execution=3)
+    for a, b in zip(repaired.get_weights(), stock.get_weights()):
+        np.testing.assert_array_equal(a, b)

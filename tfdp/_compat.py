@@ -1,0 +1,155 @@
+"""Every private Keras and TensorFlow name tfdp touches, resolved when used.
+
+A Keras or TensorFlow upgrade that renames or removes one of these breaks here, in one
+place, with `MissingInternal` naming what is gone; `tfdp.keras_fixes` turns that into a
+`ConfigError` naming the repair that needs it. Classes are found by the module that
+defines them in the MRO of a public class, not by their (changing) names: Keras 3.16
+renamed `TensorFlowTrainer` to `Trainer` and the base `Trainer` to `BaseTrainer`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tfdp.errors import ConfigError
+
+_TF_TRAINER_MODULE = "keras.src.backend.tensorflow.trainer"
+_BASE_TRAINER_MODULE = "keras.src.trainers.trainer"
+_TF_OPTIMIZER_MODULE = "keras.src.backend.tensorflow.optimizer"
+_BASE_OPTIMIZER_MODULE = "keras.src.optimizers.base_optimizer"
+
+
+class MissingInternal(ConfigError):
+    """A private Keras/TensorFlow name tfdp relies on is gone or has changed shape."""
+
+
+def _import(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingInternal(f"module {module} cannot be imported ({e})") from None
+
+
+def _attribute(owner: Any, name: str, where: str) -> Any:
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise MissingInternal(f"{where}.{name} does not exist") from None
+
+
+def _class_in_mro(public: type, module: str) -> type:
+    for cls in public.__mro__:
+        if cls.__module__ == module:
+            return cls
+    raise MissingInternal(f"no base class of {public.__module__}.{public.__name__} is defined in {module}")
+
+
+# -- Keras classes ---------------------------------------------------------------------
+
+
+def tf_trainer_class() -> type:
+    """The TensorFlow backend's trainer (`TensorFlowTrainer` <= 3.15, `Trainer` in 3.16)."""
+    import keras
+
+    return _class_in_mro(keras.Model, _TF_TRAINER_MODULE)
+
+
+def base_trainer_class() -> type:
+    """The backend-independent trainer (`Trainer` <= 3.15, `BaseTrainer` in 3.16)."""
+    import keras
+
+    return _class_in_mro(keras.Model, _BASE_TRAINER_MODULE)
+
+
+def tf_optimizer_class() -> type:
+    """The TensorFlow backend's optimizer base (`TFOptimizer`)."""
+    import keras
+
+    return _class_in_mro(keras.optimizers.SGD, _TF_OPTIMIZER_MODULE)
+
+
+def base_optimizer_class() -> type:
+    """The backend-independent optimizer base (`BaseOptimizer`)."""
+    import keras
+
+    return _class_in_mro(keras.optimizers.SGD, _BASE_OPTIMIZER_MODULE)
+
+
+def tf_trainer_module():
+    """keras.src.backend.tensorflow.trainer: home of `reduce_per_replica` and its helpers."""
+    return _import(_TF_TRAINER_MODULE)
+
+
+def tf_trainer_function(name: str):
+    """A module-level function of the TensorFlow trainer module, e.g. `reduce_per_replica`."""
+    return _attribute(tf_trainer_module(), name, _TF_TRAINER_MODULE)
+
+
+# -- Keras model internals ---------------------------------------------------------------
+
+
+def call_has_training_arg(model) -> bool:
+    return _attribute(model, "_call_has_training_arg", "Model")
+
+
+def compile_loss(model):
+    """The compiled loss object (None when compile got no loss)."""
+    return _attribute(model, "_compile_loss", "Model")
+
+
+def compute_loss_private(model, **kwargs):
+    """`model._compute_loss`: compute_loss with Keras's own replica scaling."""
+    return _attribute(model, "_compute_loss", "Model")(**kwargs)
+
+
+def aggregate_additional_loss(model, loss):
+    return _attribute(model, "_aggregate_additional_loss", "Model")(loss)
+
+
+def loss_tracker(model):
+    return _attribute(model, "_loss_tracker", "Model")
+
+
+def flatten_layers(model, *, include_self: bool = False):
+    return _attribute(model, "_flatten_layers", "Model")(include_self=include_self)
+
+
+# -- TensorFlow internals ------------------------------------------------------------------
+
+
+def distribute_interim():
+    """tf.__internal__.distribute.interim: holds `maybe_merge_call`, which Keras calls."""
+    import tensorflow as tf
+
+    internal = _attribute(tf, "__internal__", "tensorflow")
+    return _attribute(_attribute(internal, "distribute", "tf.__internal__"), "interim",
+                      "tf.__internal__.distribute")
+
+
+def bump_mirrored_collective_keys(by: int) -> None:
+    """Moves MirroredStrategy's collective key base on (TF's own tests do the same)."""
+    import tensorflow as tf
+
+    base = _attribute(tf.distribute.MirroredStrategy, "_collective_key_base", "MirroredStrategy")
+    tf.distribute.MirroredStrategy._collective_key_base = base + by
+
+
+def global_seed() -> int | None:
+    """The global seed set by tf.random.set_seed, or None."""
+    context = _import("tensorflow.python.eager.context")
+    return _attribute(context, "global_seed", "tensorflow.python.eager.context")()
+
+
+def auto_shard_dataset(dataset, num_workers: int, index: int):
+    """tf.data's own auto-shard rewrite, applied to one dataset."""
+    module = _import("tensorflow.python.data.experimental.ops.distribute")
+    return _attribute(module, "_AutoShardDataset", module.__name__)(dataset, num_workers, index)
+
+
+def dataset_graph_def(dataset):
+    """The GraphDef of a tf.data pipeline (to find its file readers)."""
+    graph_pb2 = _import("tensorflow.core.framework.graph_pb2")
+    graph = graph_pb2.GraphDef()
+    graph.ParseFromString(_attribute(dataset, "_as_serialized_graph", "Dataset")().numpy())
+    return graph

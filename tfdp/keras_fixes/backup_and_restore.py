@@ -1,0 +1,189 @@
+"""backup_and_restore: BackupAndRestore on several workers, killed mid-save, resumed mid-epoch.
+
+Keras's BackupAndRestore (1) writes from every worker into the shared backup directory
+and deletes it from every worker at the end, (2) writes the weights and the training
+metadata in place, so a kill mid-save leaves a torn backup, and (3) resumes a mid-epoch
+backup (save_freq=N) by replaying the whole epoch: 44 optimizer steps where an
+uninterrupted run takes 40.
+
+The repair keeps Keras's files and options (`latest.weights.h5`, `training_metadata.json`,
+their `.bkp` copies with `double_checkpoint=True`, `delete_checkpoint`):
+- only the chief writes and deletes the user's directory (the others write a private
+  one, and restore from the user's);
+- each file is written to a temporary name and renamed into place, and the metadata,
+  renamed last, records the CRC-32 of the weights it belongs to: a kill between the two
+  renames leaves a pair that does not match, and loading then rolls forward (the new
+  metadata is complete) or falls back to the `.bkp` pair;
+- a resumed epoch skips (reads past, without training) the steps the backup holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import weakref
+import zlib
+
+import keras
+
+from tfdp.errors import ConfigError
+from tfdp.keras_fixes._base import Fix, Undo, check_methods, patch
+from tfdp.keras_fixes._worker_files import on_chief, private_dir, remove_private_dir
+
+_WEIGHTS = "latest.weights.h5"
+_METADATA = "training_metadata.json"
+_PREVIOUS = ".bkp"
+_TMP = ".tmp"
+
+# callback -> {"steps_done": steps of the current epoch trained, "skip": steps to read past}
+_progress: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def _crc32(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _replace_copy(source: str, target: str) -> None:
+    shutil.copyfile(source, target + _TMP)
+    os.replace(target + _TMP, target)
+
+
+def _matching_metadata(directory: str, suffix: str) -> dict | None:
+    """The metadata of the (weights, metadata) pair with this suffix, if the pair matches."""
+    weights = os.path.join(directory, _WEIGHTS + suffix)
+    if not os.path.exists(weights):
+        return None
+    crc = _crc32(weights)
+    if not any(os.path.exists(os.path.join(directory, _METADATA + suffix + tmp)) for tmp in ("", _TMP)):
+        return {"epoch": 0}  # Weights alone: Keras restores them and starts at epoch 0.
+    # The metadata in place, or one whose rename a kill interrupted (roll forward).
+    for metadata in (os.path.join(directory, _METADATA + suffix), os.path.join(directory, _METADATA + suffix + _TMP)):
+        try:
+            with open(metadata) as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if state.get("weights_crc32", crc) == crc:  # Keras's own backups carry no CRC.
+            return state
+    return None
+
+
+def _save(self) -> None:
+    target = self.backup_dir if on_chief(self) else private_dir(self)
+    os.makedirs(target, exist_ok=True)
+    weights, metadata = os.path.join(target, _WEIGHTS), os.path.join(target, _METADATA)
+    if self.double_checkpoint and _matching_metadata(target, "") is not None:
+        _replace_copy(weights, weights + _PREVIOUS)
+        _replace_copy(metadata, metadata + _PREVIOUS)
+    self.model.save_weights(weights + _TMP + ".weights.h5", overwrite=True)
+    state = {"epoch": self._current_epoch, "batch": self._last_batch_seen,
+             "steps_done": _progress.get(self, {}).get("steps_done", 0),
+             "weights_crc32": _crc32(weights + _TMP + ".weights.h5")}
+    with open(metadata + _TMP, "w") as f:
+        json.dump(state, f)
+    os.replace(weights + _TMP + ".weights.h5", weights)
+    os.replace(metadata + _TMP, metadata)  # The commit: the new pair matches from here on.
+
+
+def _load(self) -> None:
+    if not self.model.built:
+        raise ConfigError("BackupAndRestore: the model must be built before fit() (call it on a batch "
+                          "or give keras.Input) so that a backup can be loaded into it.")
+    directory = self.backup_dir
+    for suffix in ("", _PREVIOUS):
+        state = _matching_metadata(directory, suffix)
+        if state is None:
+            continue
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        weights = os.path.join(directory, _WEIGHTS)
+        if suffix and on_chief(self):  # The previous pair becomes the latest again, as in Keras.
+            _replace_copy(weights + suffix, weights)
+            _replace_copy(os.path.join(directory, _METADATA + suffix), os.path.join(directory, _METADATA))
+        elif suffix:  # Keras loads only files named *.weights.h5; the user's directory is the chief's.
+            weights = os.path.join(private_dir(self), _WEIGHTS)
+            shutil.copyfile(os.path.join(directory, _WEIGHTS + suffix), weights)
+        self.model.load_weights(weights)
+        self.model._initial_epoch = self._current_epoch = state["epoch"]
+        steps = state.get("steps_done", 0)
+        _progress[self] = {"steps_done": steps, "skip": steps}
+        self._last_batch_seen = max(steps - 1, 0)
+        return
+    if any(os.path.exists(os.path.join(directory, name + suffix))
+           for name in (_WEIGHTS, _METADATA) for suffix in ("", _PREVIOUS)):
+        raise ConfigError(
+            f"BackupAndRestore(backup_dir={directory!r}): the backup there is damaged (its weights do not "
+            "match its training_metadata.json) and there is no valid previous one. Fix: remove the "
+            "directory to train from the start, and pass double_checkpoint=True to keep a previous backup.")
+
+
+def _epoch_begin(self, epoch, logs=None):
+    progress = _progress.setdefault(self, {"steps_done": 0, "skip": 0})
+    skip, progress["skip"] = progress["skip"], 0
+    if not skip:
+        progress["steps_done"] = 0
+        return
+    model, train_function = self.model, self.model.train_function
+    left = [skip]
+
+    def skipping_train_function(iterator):
+        if left[0] <= 0:
+            model.train_function = train_function
+            return train_function(iterator)
+        for _ in range(min(model.steps_per_execution, left[0])):
+            next(iterator)  # Read past a batch the backup already trained on.
+        left[0] -= model.steps_per_execution
+        return {}
+
+    model.train_function = skipping_train_function
+
+
+def _apply() -> Undo:
+    callback = keras.callbacks.BackupAndRestore
+    stock_batch_end, stock_epoch_end = callback.on_train_batch_end, callback.on_epoch_end
+    stock_train_end = callback.on_train_end
+
+    def on_train_begin(self, logs=None):
+        self._load_model()
+
+    def on_train_batch_end(self, batch, logs=None):
+        _progress.setdefault(self, {"steps_done": 0, "skip": 0})["steps_done"] = batch + 1
+        stock_batch_end(self, batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        _progress.setdefault(self, {"steps_done": 0, "skip": 0})["steps_done"] = 0
+        stock_epoch_end(self, epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if on_chief(self):
+            stock_train_end(self, logs)
+        remove_private_dir(self)
+
+    return patch(callback, _save_model=_save, _load_model=_load, on_train_begin=on_train_begin,
+                 on_epoch_begin=_epoch_begin, on_train_batch_end=on_train_batch_end,
+                 on_epoch_end=on_epoch_end, on_train_end=on_train_end)
+
+
+def _check() -> None:
+    check_methods(keras.callbacks.BackupAndRestore, {
+        "__init__": ("self", "backup_dir", "save_freq", "double_checkpoint", "delete_checkpoint"),
+        "_save_model": ("self",), "_load_model": ("self",), "on_train_begin": ("self", "logs"),
+        "on_train_batch_end": ("self", "batch", "logs"), "on_epoch_end": ("self", "epoch", "logs"),
+        "on_train_end": ("self", "logs")})
+
+
+FIX = Fix(
+    name="backup_and_restore",
+    upstream="https://github.com/tensorflow/tensorflow/pull/43592",
+    problem="BackupAndRestore writes and deletes from every worker, tears on a kill mid-save, and "
+            "replays a whole epoch after a mid-epoch backup",
+    reproduced=("3.15.1", "3.16.0.dev2026102704"),
+    test="tests/test_keras_fixes_needed.py::test_stock_keras_is_wrong_without[backup_and_restore]",
+    check=_check,
+    apply=_apply,
+)
