@@ -26,6 +26,12 @@ def conv_model():
     ])
 
 
+def fp16_model():
+    """For mixed_float16: the output layer computes in float32."""
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"),
+                             keras.layers.Dense(1, dtype="float32")])
+
+
 def dict_data(n):
     rng = np.random.default_rng(0)
     x = {"a": rng.normal(size=(n, 4)).astype("float32"), "b": rng.normal(size=(n, 3)).astype("float32")}

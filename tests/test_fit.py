@@ -6,8 +6,7 @@ import tensorflow as tf
 import keras
 
 import tfdp
-from tfdp import keras_fixes
-from tests.models import GLOBAL_BATCH, conv_data, conv_model, dict_data, dict_model, train
+from tests.models import GLOBAL_BATCH, conv_data, conv_model, dict_data, dict_model, fp16_model, train
 
 @pytest.fixture
 def strategies():
@@ -52,19 +51,6 @@ def test_conv_model_survives_an_empty_replica_share(strategies):
     assert_same_weights(reference, replicated)
 
 
-def test_stock_keras_is_wrong_here(strategies):
-    """Guards the repair: without it the same run drifts from one device."""
-    one, two = strategies
-    reference, _ = train(one, dict_model, dict_data(45))
-    keras_fixes.uninstall(["partial_batch"])
-    try:
-        stock, _ = train(two, dict_model, dict_data(45))
-    finally:
-        keras_fixes.install()
-    drift = max(np.abs(a - b).max() for a, b in zip(reference.get_weights(), stock.get_weights()))
-    assert drift > 1e-3
-
-
 @pytest.mark.parametrize("clip", [dict(global_clipnorm=0.05), dict(clipnorm=0.05), dict(clipvalue=0.01)],
                          ids=["global_clipnorm", "clipnorm", "clipvalue"])
 def test_clipping_applies_to_the_all_reduced_gradient(strategies, clip):
@@ -80,11 +66,6 @@ def mixed_float16():
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     yield
     keras.mixed_precision.set_dtype_policy("float32")
-
-
-def fp16_model():
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"),
-                             keras.layers.Dense(1, dtype="float32")])
 
 
 def test_fp16_nan_on_one_replica_skips_the_step_everywhere(strategies, mixed_float16):

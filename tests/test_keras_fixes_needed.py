@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import tfdp
 from tfdp import keras_fixes
-from tests.models import dict_data, dict_model, train
+from tests.models import dict_data, dict_model, fp16_model, train
 
 
 @pytest.fixture
@@ -106,11 +106,6 @@ def test_stock_keras_is_wrong_without(name, strategies, without, tmp_path):
     else:
         drift = run_case(name, strategies, tmp_path / "stock")
         assert drift > 1e-3, f"stock Keras matched one device without {name}: retire the repair?"
-
-
-def fp16_model():
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"),
-                             keras.layers.Dense(1, dtype="float32")])
 
 
 def test_stock_loss_scale_optimizer_applies_a_nan_seen_by_one_replica(strategies, without):

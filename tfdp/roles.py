@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tfdp.cluster import TRAINING_TASK_TYPES, TFConfig
+from tfdp.cluster import TFConfig
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 
-def _cluster_of(strategy: "tf.distribute.Strategy") -> tuple[dict, str | None, int | None]:
-    """(cluster spec as a dict, task type, task id) of a strategy; ({}, None, None) for one process."""
+def _tf_config_of(strategy: "tf.distribute.Strategy | None") -> TFConfig | None:
+    """The cluster `strategy` runs in as a TFConfig (outside any strategy: TF_CONFIG), or None."""
+    if strategy is None:
+        return TFConfig.from_env()
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return {}, None, None
-    return resolver.cluster_spec().as_dict(), resolver.task_type, resolver.task_id
+    if resolver is None or not resolver.task_type or not resolver.cluster_spec().as_dict():
+        return None
+    return TFConfig(cluster=resolver.cluster_spec().as_dict(), task_type=resolver.task_type,
+                    task_index=resolver.task_id)
 
 
 def _strategy_in_scope(strategy):
@@ -34,20 +37,15 @@ def _strategy_in_scope(strategy):
 def is_chief(strategy: "tf.distribute.Strategy | None" = None) -> bool:
     """Whether this process writes the user's files (checkpoints, logs, exports).
 
+    The chief is the "chief" task, else worker 0 (`TFConfig.is_chief`); a single process
+    is the chief.
+
     Args:
         strategy: the strategy to ask; None asks the strategy in scope, and outside
-            any scope reads TF_CONFIG (no TF_CONFIG: a single process is the chief).
+            any scope reads TF_CONFIG.
     """
-    strategy = _strategy_in_scope(strategy)
-    if strategy is None:
-        tf_config = TFConfig.from_env()
-        return tf_config is None or tf_config.is_chief
-    spec, task_type, task_id = _cluster_of(strategy)
-    if not task_type:
-        return True
-    if "chief" in spec:
-        return task_type == "chief"
-    return task_type == "worker" and task_id == 0
+    tf_config = _tf_config_of(_strategy_in_scope(strategy))
+    return tf_config is None or tf_config.is_chief
 
 
 def num_workers(strategy: "tf.distribute.Strategy | None" = None) -> int:
@@ -57,9 +55,5 @@ def num_workers(strategy: "tf.distribute.Strategy | None" = None) -> int:
         strategy: the strategy to ask; None asks the strategy in scope, and outside
             any scope reads TF_CONFIG (no TF_CONFIG: 1).
     """
-    strategy = _strategy_in_scope(strategy)
-    if strategy is None:
-        tf_config = TFConfig.from_env()
-        return 1 if tf_config is None else tf_config.num_workers
-    spec, _, _ = _cluster_of(strategy)
-    return sum(len(spec.get(job, ())) for job in TRAINING_TASK_TYPES) or 1
+    tf_config = _tf_config_of(_strategy_in_scope(strategy))
+    return 1 if tf_config is None else max(tf_config.num_workers, 1)
