@@ -54,7 +54,7 @@ def train_with_trainer(keras, tfdp, strategy, model, train, test, learning_rate)
     history = trainer.fit(train, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch)
     evaluation = trainer.evaluate(test, verbose=0)
     trainer.close()
-    return {k: v[-1] for k, v in history.items()}, evaluation
+    return {k: v[-1] for k, v in history.history.items()}, evaluation
 
 
 def main(argv):

@@ -5,6 +5,12 @@ import keras
 import tensorflow as tf
 
 GLOBAL_BATCH = 8
+# The optimizers of the equivalence tests: SGD, and Adam (it reads `iterations`) on a schedule.
+OPTIMIZERS = {
+    "sgd": lambda: keras.optimizers.SGD(0.1),
+    "adam": lambda: keras.optimizers.Adam(
+        keras.optimizers.schedules.ExponentialDecay(0.02, decay_steps=3, decay_rate=0.7)),
+}
 
 
 def dict_model():

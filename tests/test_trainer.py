@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -10,36 +12,49 @@ import pytest
 import tensorflow as tf
 
 import tfdp
-from tests.models import GLOBAL_BATCH, dict_data, dict_model
-from tests.workers import run_python, run_workers
+from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model
+from tests.workers import ROOT, _env, run_python, run_workers
 
 
-def plain_loop(make_model, data, *, batch_size, epochs, clip=None, lr=0.1):
-    """One device, the textbook way: mean loss + model.losses, SGD."""
+def plain_loop(make_model, data, *, batch_size, epochs, clip=None, optimizer="sgd", accumulate=1,
+               steps_per_epoch=None):
+    """One device, the textbook way: mean loss + model.losses over each optimizer step's examples.
+
+    `accumulate` batches make one step (a final smaller group is a smaller step);
+    `steps_per_epoch` reads the data again whenever it ends.
+    """
     x, y = data
     keras.utils.set_random_seed(7)
     model = make_model()
-    optimizer = keras.optimizers.SGD(lr)
+    opt = OPTIMIZERS[optimizer]()
+    groups = [list(range(i, min(i + batch_size * accumulate, len(y))))
+              for i in range(0, len(y), batch_size * accumulate)]
+    if steps_per_epoch:
+        groups = [groups[i % len(groups)] for i in range(steps_per_epoch * epochs)]
+        epochs = 1
     for _ in range(epochs):
-        for xb, yb in tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size):
+        for index in groups:
+            xb = {k: v[index] for k, v in x.items()}
             with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(keras.losses.mean_squared_error(yb, model(xb, training=True)))
+                loss = tf.reduce_mean(keras.losses.mean_squared_error(y[index], model(xb, training=True)))
                 loss += tf.add_n(model.losses)
             grads = tape.gradient(loss, model.trainable_variables)
             if clip:
                 grads, _ = tf.clip_by_global_norm(grads, clip)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return model.get_weights()
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+    return model.get_weights(), int(opt.iterations.numpy())
 
 
-def run_trainer(strategy, data, *, epochs=2, batch_size=GLOBAL_BATCH, **options):
+def run_trainer(strategy, data, *, epochs=2, batch_size=GLOBAL_BATCH, optimizer="sgd", steps_per_epoch=None,
+                **options):
     x, y = data
     keras.utils.set_random_seed(7)
     with strategy.scope():
         model = dict_model()
-    trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.1), loss="mse", strategy=strategy, **options)
-    history = trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size), epochs=epochs, verbose=0)
-    return model, history, trainer
+    trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS[optimizer](), loss="mse", strategy=strategy, **options)
+    history = trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size), epochs=epochs,
+                          steps_per_epoch=steps_per_epoch, verbose=0)
+    return model, history.history, trainer
 
 
 @pytest.fixture
@@ -52,19 +67,39 @@ def assert_close(weights, expected):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
+# name -> (Trainer options, plain_loop options, examples). 45 examples in batches of 8: an
+# uneven last batch; with accumulation 2 the last group is one batch of 5 (data ending mid-group).
 CASES = {
-    "plain": (dict(), dict(batch_size=GLOBAL_BATCH), 45),
-    "steps_per_loop": (dict(steps_per_loop=3), dict(batch_size=GLOBAL_BATCH), 45),
-    "grad_accum_steps": (dict(grad_accum_steps=2), dict(batch_size=2 * GLOBAL_BATCH), 48),
-    "clip_global_norm": (dict(clip_global_norm=0.05), dict(batch_size=GLOBAL_BATCH, clip=0.05), 45),
+    "plain": (dict(), dict(), 45),
+    "steps_per_loop": (dict(steps_per_loop=4), dict(), 45),
+    "grad_accum_steps": (dict(grad_accum_steps=2), dict(accumulate=2), 48),
+    "clip_global_norm": (dict(clip_global_norm=0.05), dict(clip=0.05), 45),
+    "all_together": (dict(grad_accum_steps=2, clip_global_norm=0.05, steps_per_loop=2),
+                     dict(accumulate=2, clip=0.05), 45),
 }
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("options,reference,n", CASES.values(), ids=CASES.keys())
-def test_two_replicas_equal_a_plain_single_device_loop(two_replicas, options, reference, n):
-    model, history, _ = run_trainer(two_replicas, dict_data(n), **options)
-    assert_close(model.get_weights(), plain_loop(dict_model, dict_data(n), epochs=2, **reference))
-    assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0]
+def test_two_replicas_equal_a_plain_single_device_loop(two_replicas, options, reference, n, optimizer):
+    model, history, trainer = run_trainer(two_replicas, dict_data(n), epochs=3, optimizer=optimizer, **options)
+    expected, iterations = plain_loop(dict_model, dict_data(n), batch_size=GLOBAL_BATCH, epochs=3,
+                                      optimizer=optimizer, **reference)
+    assert_close(model.get_weights(), expected)
+    assert int(trainer.optimizer.iterations.numpy()) == iterations
+    assert len(history["loss"]) == 3 and history["loss"][2] < history["loss"][0]
+
+
+def test_steps_per_epoch_reads_the_data_again_without_empty_epochs(two_replicas):
+    # 6 batches, 4 steps per epoch in chunks of 3: every epoch trains 4 steps, the data is
+    # read again when it ends (mid-chunk), and Adam's iterations equal the steps taken.
+    model, history, trainer = run_trainer(two_replicas, dict_data(45), epochs=3, optimizer="adam",
+                                          steps_per_epoch=4, steps_per_loop=3)
+    expected, iterations = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=3,
+                                      optimizer="adam", steps_per_epoch=4)
+    assert iterations == 12 == int(trainer.optimizer.iterations.numpy())
+    assert_close(model.get_weights(), expected)
+    assert all(loss > 0 for loss in history["loss"])
 
 
 def test_metrics_and_evaluate_are_aggregated_over_replicas(two_replicas):
@@ -77,7 +112,7 @@ def test_metrics_and_evaluate_are_aggregated_over_replicas(two_replicas):
             model = dict_model()
         trainer = tfdp.Trainer(model, optimizer="sgd", loss="mse", strategy=strategy, metrics=["mae"])
         batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
-        history = trainer.fit(batches, epochs=1, validation_data=batches, verbose=0)
+        history = trainer.fit(batches, epochs=1, validation_data=batches, verbose=0).history
         results.append((history["mae"], history["val_loss"], trainer.evaluate(batches, verbose=0)))
     (mae1, val1, eval1), (mae2, val2, eval2) = results
     np.testing.assert_allclose(mae2, mae1, rtol=1e-5)
@@ -103,8 +138,7 @@ def test_fp16_overflow_on_one_replica_skips_the_step_everywhere():
         trainer.fit(tf.data.Dataset.from_tensor_slices((x_bad, y)).batch(8), epochs=1, verbose=0)
         unchanged = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
         halved = float(trainer.loss_scale.scale.numpy()) == scale / 2
-        trainer.epoch.assign(0)
-        history = trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=5, verbose=0)
+        history = trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=5, verbose=0).history
         print("RESULT " + json.dumps({"unchanged": unchanged, "halved": halved, "loss": history["loss"],
                                       "finite": bool(all(np.isfinite(w).all() for w in model.get_weights()))}))
     """, timeout=120)
@@ -126,58 +160,111 @@ def test_mixed_precision_must_be_set_before_the_model_is_built(two_replicas):
     (dict(steps_per_loop=1.5), "steps_per_loop=1.5"),
     (dict(clip_global_norm=-1), "clip_global_norm=-1"),
     (dict(all_reduce_dtype="fp8"), "all_reduce_dtype"),
+    (dict(all_reduce_dtype="none"), "all_reduce_dtype"),
+    (dict(max_checkpoints=0), "max_checkpoints=0"),
+    (dict(save_every_steps=5), "give model_dir too"),
+    (dict(loss=5), "loss=5"),
+    (dict(loss="msee"), "not a Keras loss name"),
+    (dict(optimizer=keras.optimizers.SGD(gradient_accumulation_steps=2)), "grad_accum_steps=2"),
+    (dict(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())), 'mixed_precision="mixed_float16"'),
     (dict(mixed_precision="float16"), "mixed_precision"),
 ])
 def test_bad_options_are_config_errors(two_replicas, options, message):
     with two_replicas.scope():
         model = dict_model()
+    options = {"optimizer": "sgd", "loss": "mse", **options}
     with pytest.raises(tfdp.ConfigError, match=message):
-        tfdp.Trainer(model, optimizer="sgd", loss="mse", strategy=two_replicas, **options)
+        tfdp.Trainer(model, strategy=two_replicas, **options)
 
 
 WORKER = """
 import json, os, signal, sys, keras, tensorflow as tf, tfdp
-from tests.models import dict_data, dict_model
+from tests.models import OPTIMIZERS, dict_data, dict_model
 strategy = tfdp.create_strategy()
 x, y = dict_data(int(os.environ.get("N", "45")))
 keras.utils.set_random_seed(7)
 with strategy.scope():
     model = dict_model()
 model_dir = sys.argv[1] if len(sys.argv) > 1 else None
-
-trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.1), loss="mse", strategy=strategy,
-                       model_dir=model_dir, **json.loads(os.environ.get("OPTIONS", "{}")))
+options = json.loads(os.environ.get("OPTIONS", "{}"))
+fit_options = options.pop("fit", {})
+trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS[os.environ.get("OPTIMIZER", "sgd")](), loss="mse",
+                       strategy=strategy, model_dir=model_dir, **options)
 batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-if os.environ.get("KILL_AFTER_EPOCH"):
-    trainer.fit(batches, epochs=int(os.environ["KILL_AFTER_EPOCH"]), verbose=0)
-    os.kill(os.getpid(), signal.SIGKILL)  # checkpoint of that epoch saved; the next one never runs
-trainer.fit(batches, epochs=3, verbose=0)
+
+class Kill(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if self._epoch == int(os.environ.get("KILL_EPOCH", -1)) and batch == int(os.environ["KILL_STEP"]) \
+                and tfdp.is_chief(strategy):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+trainer.fit(batches, epochs=3, verbose=0, callbacks=[Kill()], **fit_options)
 trainer.close()
-print("RESULT " + json.dumps([w.tolist() for w in model.get_weights()]))
+print("RESULT " + json.dumps({"weights": [w.tolist() for w in model.get_weights()],
+                              "iterations": int(trainer.optimizer.iterations.numpy())}))
 """
 
 
-@pytest.mark.parametrize("options,n", [({}, 45), ({"steps_per_loop": 2, "clip_global_norm": 0.05}, 45),
-                                       ({"grad_accum_steps": 2}, 48)], ids=["plain", "clip", "accumulation"])
-def test_two_workers_equal_a_plain_single_device_loop(options, n):
-    results = run_workers(WORKER, num_workers=2, timeout=180, env={"OPTIONS": json.dumps(options), "N": str(n)})
+@pytest.mark.parametrize("optimizer,options,reference,n", [
+    ("sgd", {}, {}, 45),
+    ("adam", {"steps_per_loop": 2, "clip_global_norm": 0.05, "grad_accum_steps": 2},
+     {"clip": 0.05, "accumulate": 2}, 45),
+], ids=["sgd-plain", "adam-all-together"])
+def test_two_workers_equal_a_plain_single_device_loop(optimizer, options, reference, n):
+    results = run_workers(WORKER, num_workers=2, timeout=180,
+                          env={"OPTIONS": json.dumps(options), "N": str(n), "OPTIMIZER": optimizer})
     for r in reversed(results):
         assert r.returncode == 0, r.stderr[-3000:]
-    expected = plain_loop(dict_model, dict_data(n), batch_size=GLOBAL_BATCH * options.get("grad_accum_steps", 1),
-                          epochs=3, clip=options.get("clip_global_norm"))
+    expected, iterations = plain_loop(dict_model, dict_data(n), batch_size=GLOBAL_BATCH, epochs=3,
+                                      optimizer=optimizer, **reference)
     for r in results:
-        assert_close([np.array(w) for w in r.json_lines()[0]], expected)
+        report = r.json_lines()[0]
+        assert_close([np.array(w) for w in report["weights"]], expected)
+        assert report["iterations"] == iterations
 
 
 def test_kill_and_restart_from_model_dir_resumes_and_ends_the_same(tmp_path):
-    killed = run_python(WORKER, args=(str(tmp_path),), env={"KILL_AFTER_EPOCH": "2"}, timeout=120)
+    env = {"KILL_EPOCH": "2", "KILL_STEP": "0", "OPTIMIZER": "adam"}
+    killed = run_python(WORKER, args=(str(tmp_path),), env=env, timeout=120)
     assert killed.returncode == -signal.SIGKILL
     assert os.path.exists(tmp_path / "checkpoints" / "checkpoint")
-    resumed = run_python(WORKER, args=(str(tmp_path),), timeout=120)
+    resumed = run_python(WORKER, args=(str(tmp_path),), env={"OPTIMIZER": "adam"}, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expected = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=3)
-    assert_close([np.array(w) for w in resumed.json_lines()[0]], expected)
+    assert "resumed from" in resumed.stdout and "at epoch 2 step 0" in resumed.stdout
+    expected, iterations = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=3,
+                                      optimizer="adam")
+    report = resumed.json_lines()[0]
+    assert_close([np.array(w) for w in report["weights"]], expected)
+    assert report["iterations"] == iterations
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "train"))  # TensorBoard
+
+
+def test_two_workers_killed_mid_epoch_resume_step_exact(tmp_path):
+    """steps_per_epoch shorter than the data, a checkpoint every 2 steps, worker 0 killed by
+    SIGKILL at epoch 1 step 3: tfdp-launch restarts the job and it ends as an uninterrupted run."""
+    options = {"save_every_steps": 2, "fit": {"steps_per_epoch": 4}}
+    env = {**_env(None), "OPTIONS": json.dumps(options), "OPTIMIZER": "adam", "KILL_EPOCH": "1",
+           "KILL_STEP": "2"}
+    marker = tmp_path / "killed"
+    command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--max_restarts", "1",
+               "--grace_period", "5", "--", sys.executable, "-c",
+               WORKER.replace("os.kill(os.getpid(), signal.SIGKILL)",
+                              f"(os.path.exists({str(marker)!r}) or (open({str(marker)!r}, 'w').close(), "
+                              "os.kill(os.getpid(), signal.SIGKILL)))"), str(tmp_path)]
+    result = subprocess.run(command, timeout=300, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert marker.exists() and "resumed from" in result.stdout + result.stderr
+    expected, iterations = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=3,
+                                      optimizer="adam", steps_per_epoch=4)
+    reports = [json.loads(line.split("RESULT ", 1)[1]) for line in (result.stdout + result.stderr).splitlines()
+               if "RESULT " in line]
+    assert len(reports) == 2
+    for report in reports:
+        assert_close([np.array(w) for w in report["weights"]], expected)
+        assert report["iterations"] == iterations == 12
 
 
 def test_compute_loss_hook_for_unsupervised_models(two_replicas):
@@ -194,7 +281,7 @@ def test_compute_loss_hook_for_unsupervised_models(two_replicas):
             model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3), keras.layers.Dense(6)])
         trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.1), compute_loss=reconstruction,
                                strategy=strategy)
-        history = trainer.fit(tf.data.Dataset.from_tensor_slices(x).batch(8), epochs=3, verbose=0)
+        history = trainer.fit(tf.data.Dataset.from_tensor_slices(x).batch(8), epochs=3, verbose=0).history
         assert history["loss"][-1] < history["loss"][0] and history["examples_per_sec"][0] > 0
         weights.append(model.get_weights())
     assert_close(weights[1], weights[0])

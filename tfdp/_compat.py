@@ -153,3 +153,15 @@ def dataset_graph_def(dataset):
     graph = graph_pb2.GraphDef()
     graph.ParseFromString(_attribute(dataset, "_as_serialized_graph", "Dataset")().numpy())
     return graph
+
+
+def first_replica_spec(spec):
+    """The TypeSpec of the first replica's value of a PerReplicaSpec (a plain spec as it is)."""
+    values = getattr(spec, "_value_specs", None)
+    return values[0] if values else spec
+
+
+def resolve_metric(identifier, y_true, y_pred):
+    """A metric from a name as `model.compile` resolves it ("accuracy" by the label and output shapes)."""
+    compile_utils = _import("keras.src.trainers.compile_utils")
+    return _attribute(compile_utils, "get_metric", compile_utils.__name__)(identifier, y_true, y_pred)

@@ -1,66 +1,108 @@
-"""tfdp.Trainer: fit/evaluate loops around the replica step, with checkpoints and summaries."""
+"""tfdp.Trainer: fit/evaluate/predict around the replica step, with Keras callbacks and model_dir."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import logging
+import numbers
+import sys
 import time
 from collections.abc import Callable, Sequence
 
 import keras
+import numpy as np
 
+from tfdp import _compat
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 from tfdp.roles import is_chief
-from tfdp.training import precision
-from tfdp.training.step import COMPRESSIONS, Steps, per_example_loss_fn
+from tfdp.training import loops, precision
+from tfdp.training.all_reduce import ALL_REDUCE_DTYPES
+from tfdp.training.model_dir import ModelDir, Position
+from tfdp.training.replica_step import ReplicaStep, per_example_loss_fn
 
 tf = import_tensorflow()
+logger = logging.getLogger("tfdp")
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"Trainer({name}={value!r}): must be a whole number >= 1.")
-    return value
+def _whole(call: str, field: str, value, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """`value` as an int >= minimum, else a ConfigError naming `call(field=value)`."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{call}({field}={value!r}): must be a whole number >= {minimum}"
+                          f"{', or None' if allow_none else ''}.")
+    return int(value)
 
 
-def _metric(identifier) -> keras.metrics.Metric:
-    """A Keras metric from a name, function or object; named as the user wrote it."""
-    metric = keras.metrics.get(identifier)
-    if not isinstance(metric, keras.metrics.Metric):
-        metric = keras.metrics.MeanMetricWrapper(metric, name=getattr(metric, "__name__", str(identifier)))
-    if isinstance(identifier, str):
-        metric.name = identifier
-    return metric
+def _check_optimizer(optimizer) -> None:
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ConfigError('Trainer(optimizer=LossScaleOptimizer(...)): the Trainer scales the loss itself. '
+                          'Fix: pass the inner optimizer and mixed_precision="mixed_float16".')
+    if optimizer.gradient_accumulation_steps:
+        raise ConfigError(f"Trainer(optimizer=...(gradient_accumulation_steps="
+                          f"{optimizer.gradient_accumulation_steps})): the Trainer accumulates with one "
+                          "all-reduce per update. Fix: pass "
+                          f"grad_accum_steps={optimizer.gradient_accumulation_steps} to the Trainer instead.")
+
+
+def _check_loss(loss, compute_loss) -> None:
+    if (loss is None) == (compute_loss is None):
+        raise ConfigError("Trainer: give loss=fn(y_true, y_pred) for (x, y) data, or "
+                          "compute_loss=fn(model, batch, training) for anything else; exactly one.")
+    if loss is not None and not (isinstance(loss, (str, keras.losses.Loss)) or callable(loss)):
+        raise ConfigError(f"Trainer(loss={loss!r}): give a Keras loss name (\"mse\"), a keras.losses.Loss or "
+                          "fn(y_true, y_pred) -> per-example losses.")
+    if isinstance(loss, str):
+        try:
+            keras.losses.get(loss)
+        except ValueError:
+            raise ConfigError(f"Trainer(loss={loss!r}): not a Keras loss name, such as \"mse\" or "
+                              "\"sparse_categorical_crossentropy\".") from None
+
+
+def _verbosity(verbose) -> int:
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    if verbose in (0, 1, 2) and not isinstance(verbose, bool):
+        return int(verbose)
+    raise ConfigError(f'verbose={verbose!r}: use "auto", 0 (silent), 1 (progress bar) or 2 (one line per epoch).')
 
 
 class Trainer:
-    """A custom training loop, correct under every tfdp strategy.
+    """A custom training loop, equal to one device under every tfdp strategy.
 
     Each replica computes the SUM of its per-example losses (model.losses counted once
     per example), K micro-batches are accumulated locally, gradients and example counts
     go through ONE packed all-reduce, and the update divides by the global number of
     examples: N replicas equal one device at the same global batch, and K accumulation
-    steps equal one K-times larger batch. Clipping and the float16 finite check read the
-    all-reduced gradient, so every replica takes the same decision.
+    steps equal one K-times larger batch. Clipping and the finite check read the
+    all-reduced gradient, so every replica takes the same decision. The optimizer's
+    `iterations` counts applied updates only.
 
     Args:
         model: a Keras model built in `strategy.scope()`.
-        optimizer: a Keras optimizer (created in scope or not; built here).
+        optimizer: a Keras optimizer (created in scope or not; built here). Not a
+            LossScaleOptimizer (use mixed_precision) and without
+            gradient_accumulation_steps (use grad_accum_steps); its `loss_scale_factor`
+            is honoured.
         loss: a Keras loss (name or object: its unreduced values are used) or
             fn(y_true, y_pred) -> per-example loss. None when `compute_loss` is given.
         strategy: the tfdp strategy the model was built under.
-        metrics: Keras metrics (names or objects), aggregated across replicas and workers.
-        mixed_precision: None, "mixed_float16" (with dynamic loss scaling) or
-            "mixed_bfloat16". Set it up front with `tfdp.training.set_mixed_precision`.
+        metrics: Keras metrics, names resolved as `model.compile` does ("accuracy" by the
+            label and output shapes); aggregated across replicas and workers.
+        mixed_precision: None, "mixed_float16" (dynamic loss scaling, as Keras's
+            LossScaleOptimizer) or "mixed_bfloat16". Set it up front with
+            `tfdp.training.set_mixed_precision`.
         grad_accum_steps: micro-batches per optimizer step.
         clip_global_norm: clip the all-reduced gradient to this global norm.
         steps_per_loop: steps run inside one tf.function call (fewer Python round trips).
-        model_dir: checkpoints (resumed automatically) and TensorBoard logs; the chief's are
-            the user's, other workers write to a private temporary directory.
-        all_reduce_dtype: "none" (float32), "float16" or "bfloat16" all-reduce compression.
+        model_dir: checkpoints (resumed by the first `fit`) and TensorBoard logs; the
+            chief's are the user's, other workers write to a private temporary directory.
+        all_reduce_dtype: "float32", "float16" or "bfloat16": the dtype gradients are
+            all-reduced in (divided by the global example count first).
         max_checkpoints: checkpoints kept in model_dir.
+        save_every_steps: also checkpoint every this many steps (with the data position,
+            so a run killed mid-epoch resumes step-exact); None: at the end of each epoch only.
         compute_loss: for models that are not plain (x, y) supervised:
             fn(model, batch, training) -> per-example losses (a vector over the local
             batch). It replaces `loss`; `metrics` are then not updated.
@@ -69,92 +111,84 @@ class Trainer:
     def __init__(self, model: keras.Model, *, optimizer, loss=None, strategy: tf.distribute.Strategy,
                  metrics: Sequence = (), mixed_precision: str | None = None, grad_accum_steps: int = 1,
                  clip_global_norm: float | None = None, steps_per_loop: int = 1,
-                 model_dir: str | None = None, all_reduce_dtype: str = "none", max_checkpoints: int = 3,
-                 compute_loss: Callable | None = None):
+                 model_dir: str | None = None, all_reduce_dtype: str = "float32", max_checkpoints: int = 3,
+                 save_every_steps: int | None = None, compute_loss: Callable | None = None):
         precision.check_model_matches(model, mixed_precision)
         self.model, self.strategy = model, strategy
-        self.grad_accum_steps = _positive_int("grad_accum_steps", grad_accum_steps)
-        self.steps_per_loop = _positive_int("steps_per_loop", steps_per_loop)
-        if clip_global_norm is not None and not clip_global_norm > 0:
+        self.grad_accum_steps = _whole("Trainer", "grad_accum_steps", grad_accum_steps)
+        self.steps_per_loop = _whole("Trainer", "steps_per_loop", steps_per_loop)
+        _whole("Trainer", "max_checkpoints", max_checkpoints)
+        self.save_every_steps = _whole("Trainer", "save_every_steps", save_every_steps, allow_none=True)
+        if self.save_every_steps and not model_dir:
+            raise ConfigError(f"Trainer(save_every_steps={save_every_steps}): checkpoints need a place. "
+                              "Fix: give model_dir too.")
+        if clip_global_norm is not None and not (isinstance(clip_global_norm, numbers.Real)
+                                                 and clip_global_norm > 0):
             raise ConfigError(f"Trainer(clip_global_norm={clip_global_norm!r}): must be > 0, or None.")
-        check_choice("Trainer(all_reduce_dtype)", all_reduce_dtype, COMPRESSIONS)
-        if (loss is None) == (compute_loss is None):
-            raise ConfigError("Trainer: give loss=fn(y_true, y_pred) for (x, y) data, or "
-                              "compute_loss=fn(model, batch, training) for anything else; exactly one.")
+        self.all_reduce_dtype = check_choice("Trainer(all_reduce_dtype)", all_reduce_dtype, ALL_REDUCE_DTYPES)
+        _check_loss(loss, compute_loss)
+        self._metric_identifiers = list(metrics)
         with strategy.scope():
             self.optimizer = keras.optimizers.get(optimizer)
+            _check_optimizer(self.optimizer)
             # Keras binds an optimizer to the strategy in scope when it is CREATED; one made
             # outside the scope fails on its first update. Bind it to this strategy.
             self.optimizer._distribution_strategy = strategy
             self.optimizer.build(model.trainable_variables)
-            self.metrics = [_metric(m) for m in metrics]
+            self.metrics = [m for m in self._metric_identifiers if isinstance(m, keras.metrics.Metric)]
             self.loss_tracker = keras.metrics.Mean(name="loss")
             self.loss_scale = precision.DynamicLossScale() if mixed_precision == "mixed_float16" else None
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch",
-                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.steps = Steps(model=model, optimizer=self.optimizer, strategy=strategy,
-                           loss=per_example_loss_fn(loss), compute_loss=compute_loss, metrics=self.metrics,
-                           loss_tracker=self.loss_tracker, loss_scale=self.loss_scale,
-                           clip_global_norm=clip_global_norm, compression=all_reduce_dtype)
-        self.model_dir = model_dir
+            self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
+                                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.position = Position()
+        self.step = ReplicaStep(model=model, optimizer=self.optimizer, strategy=strategy,
+                                loss=per_example_loss_fn(loss), compute_loss=compute_loss, metrics=self.metrics,
+                                loss_tracker=self.loss_tracker, loss_scale=self.loss_scale,
+                                clip_global_norm=clip_global_norm, all_reduce_dtype=self.all_reduce_dtype,
+                                skipped_steps=self.skipped_steps)
         self._chief = is_chief(strategy)
-        self._checkpoints = self._summaries = None
+        self.model_dir = None
         if model_dir:
-            self._setup_model_dir(model_dir, max_checkpoints)
-        self._train_loop = tf.function(self._train_loop_fn)
-        self._eval_loop = tf.function(self._eval_loop_fn)
-
-    # -- model_dir ----------------------------------------------------------------------
-
-    def _setup_model_dir(self, model_dir: str, max_checkpoints: int) -> None:
-        state = {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch}
-        if self.loss_scale:
-            state.update(loss_scale=self.loss_scale.scale, loss_scale_good_steps=self.loss_scale.good_steps)
-        checkpoint = tf.train.Checkpoint(**state)
-        self._user_checkpoint_dir = os.path.join(model_dir, "checkpoints")
-        # Saving is a collective under multi_worker: every worker saves, non-chiefs privately.
-        self._write_dir = self._user_checkpoint_dir if self._chief else tempfile.mkdtemp(prefix="tfdp-worker-")
-        self._checkpoints = tf.train.CheckpointManager(checkpoint, self._write_dir, max_to_keep=max_checkpoints)
-        latest = tf.train.latest_checkpoint(self._user_checkpoint_dir)
-        if latest:
-            checkpoint.restore(latest).assert_existing_objects_matched()
-        if self._chief:
-            self._summaries = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-
-    def _write_summaries(self, logs: dict, epoch: int) -> None:
-        if self._summaries is None:
-            return
-        with self._summaries.as_default(step=epoch):
-            for name, value in logs.items():
-                tf.summary.scalar(name, value)
-            learning_rate = self.optimizer.learning_rate
-            tf.summary.scalar("learning_rate", learning_rate() if callable(learning_rate) else learning_rate)
+            state = {"model": model, "optimizer": self.optimizer}
             if self.loss_scale:
-                tf.summary.scalar("loss_scale", self.loss_scale.scale)
-        self._summaries.flush()
+                state.update(loss_scale=self.loss_scale.scale, loss_scale_good_steps=self.loss_scale.good_steps)
+            self.model_dir = ModelDir(model_dir, state=state, position=self.position, chief=self._chief,
+                                      max_checkpoints=max_checkpoints)
+        self._resume_pending = self.model_dir is not None
+        self._metrics_resolved = not any(isinstance(m, str) or not isinstance(m, keras.metrics.Metric)
+                                         for m in self._metric_identifiers)
+        self._train_loop = loops.train_loop(self.step, strategy, self.grad_accum_steps)
+        self._eval_loop = loops.eval_loop(self.step, strategy)
+        self._skip_loop = loops.skip_loop()
+        self._predict = loops.predict_step(self.step, strategy)
 
-    # -- loops ----------------------------------------------------------------------------
+    # -- input ------------------------------------------------------------------------------
 
-    def _train_loop_fn(self, iterator, num_steps):
-        for _ in tf.range(num_steps):
-            accumulated = self.strategy.run(self.steps.micro_step, args=(next(iterator),))
-            for _ in range(self.grad_accum_steps - 1):
-                accumulated = self.strategy.run(self.steps.micro_step, args=(next(iterator), accumulated))
-            self.strategy.run(self.steps.apply_step, args=(accumulated,))
-
-    def _eval_loop_fn(self, iterator, num_steps):
-        for _ in tf.range(num_steps):
-            self.strategy.run(self.steps.eval_step, args=(next(iterator),))
-
-    def _distribute(self, data):
+    def _distribute(self, data, what: str):
         if isinstance(data, tf.distribute.DistributedDataset):
             return data
         if isinstance(data, tf.data.Dataset):
             return self.strategy.experimental_distribute_dataset(data)
-        raise ConfigError(f"Trainer: data is a {type(data).__name__}; give a tf.data.Dataset of global "
-                          "batches or a DistributedDataset from tfdp.data.distribute.")
+        raise ConfigError(f"Trainer.{what}(data={type(data).__name__}): give a tf.data.Dataset of GLOBAL batches "
+                          "or a DistributedDataset from tfdp.data.distribute.")
 
-    def _logs(self) -> dict:
+    def _resolve_metrics(self, data) -> None:
+        """Metric names become metrics as model.compile makes them, from the data's shapes."""
+        if self._metrics_resolved:
+            return
+        specs = tf.nest.map_structure(_compat.first_replica_spec, data.element_spec)
+        x_spec, y_spec, _ = keras.utils.unpack_x_y_sample_weight(specs)
+        as_tensor = lambda s: keras.KerasTensor(s.shape, dtype=s.dtype.name)  # noqa: E731
+        y_pred = self.model.compute_output_spec(tf.nest.map_structure(as_tensor, x_spec))
+        with self.strategy.scope():
+            self.metrics[:] = [m if isinstance(m, keras.metrics.Metric) else
+                               _compat.resolve_metric(m, as_tensor(y_spec), y_pred)
+                               for m in self._metric_identifiers]
+        self._metrics_resolved = True
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def _logs(self) -> dict[str, float]:
         logs = {"loss": float(self.loss_tracker.result())}
         for metric in self.metrics:
             result = metric.result()
@@ -166,81 +200,194 @@ class Trainer:
         for metric in [self.loss_tracker, *self.metrics]:
             metric.reset_state()
 
-    def _progbar(self, target: int | None, verbose: int) -> keras.utils.Progbar | None:
-        # Every worker updates it (reading a metric is a collective under multi_worker, so
-        # all must read alike); only the chief's prints.
-        if not verbose:
+    def _callbacks(self, callbacks, *, verbose: int, epochs: int, steps: int | None):
+        if getattr(self.model, "optimizer", None) is None:  # LearningRateScheduler and friends read it
+            self.model.optimizer = self.optimizer
+        return keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
+                                            model=self.model, verbose=verbose, epochs=epochs, steps=steps)
+
+    # -- fit ----------------------------------------------------------------------------------
+
+    def _resume(self) -> tuple[int, int, int] | None:
+        """(epoch, step, batches read) of the checkpoint the first fit resumes from, or None."""
+        if not self._resume_pending:
             return None
-        return keras.utils.Progbar(target, verbose=1 if self._chief else 0, stateful_metrics=["loss"])
+        self._resume_pending = False
+        restored = self.model_dir.restore(self.strategy)
+        if restored is None:
+            return None
+        epoch, step, batches = self.position.values()
+        if self._chief:
+            print(f"resumed from {restored} at epoch {epoch} step {step}", flush=True)
+        return epoch, step, batches
 
-    def _run(self, loop: Callable, iterator, steps: int | None, progbar, chunk_size: int) -> int:
-        """Runs `loop` in chunks until `steps` or the end of the data; returns the steps run."""
-        done, start_iterations = 0, int(self.optimizer.iterations.numpy())
-        while steps is None or done < steps:
-            chunk = chunk_size if steps is None else min(chunk_size, steps - done)
-            try:
-                loop(iterator, tf.constant(chunk))
-            except (tf.errors.OutOfRangeError, StopIteration):
-                # The data ended inside the chunk; the optimizer counted the steps taken.
-                if loop is self._train_loop:
-                    done = int(self.optimizer.iterations.numpy()) - start_iterations
-                break
-            done += chunk
-            if progbar is not None:
-                progbar.update(done, [("loss", float(self.loss_tracker.result()))])
-        if progbar is not None:
-            progbar.update(done, [("loss", float(self.loss_tracker.result()))], finalize=True)
-        return done
-
-    def fit(self, data, *, epochs: int = 1, steps_per_epoch: int | None = None, validation_data=None,
-            verbose: int = 1) -> dict[str, list[float]]:
-        """Trains for `epochs` (resuming after the last checkpoint in model_dir).
+    def fit(self, data, *, epochs: int = 1, initial_epoch: int = 0, steps_per_epoch: int | None = None,
+            validation_data=None, validation_freq=1, callbacks: Sequence = (),
+            verbose="auto") -> keras.callbacks.History:
+        """Trains from `initial_epoch` up to (not including) epoch `epochs`, as model.fit.
 
         Args:
             data: a tf.data.Dataset of GLOBAL batches, or a DistributedDataset.
-            epochs: the epoch to stop at (a resumed run trains only the ones left).
-            steps_per_epoch: optimizer steps per epoch; None: until the data ends.
-            validation_data: evaluated after every epoch, logged as val_*.
-            verbose: 1 shows a progress bar (on the chief only), 0 nothing.
+            epochs: the epoch to stop at, counted from `initial_epoch`: fit(epochs=1) called
+                twice trains two epochs.
+            initial_epoch: the epoch to start at. The first fit of a Trainer whose model_dir
+                holds a checkpoint starts where it stopped instead (and says so).
+            steps_per_epoch: optimizer steps per epoch; the data is read again whenever it
+                ends. None: an epoch is one pass over the data.
+            validation_data: evaluated after the epochs `validation_freq` selects, logged as val_*.
+            validation_freq: every N-th epoch (an int), or the epochs (1-based) to validate after.
+            callbacks: keras.callbacks.Callback objects (EarlyStopping, LearningRateScheduler,
+                ModelCheckpoint, your own...); model.stop_training ends training.
+            verbose: "auto", 0, 1 (progress bar) or 2 (one line per epoch); on the chief only.
 
         Returns:
-            The history: name -> one value per epoch trained.
+            The keras.callbacks.History of this fit.
         """
-        distributed = self._distribute(data)
-        history: dict[str, list[float]] = {}
-        iterator = iter(distributed) if steps_per_epoch else None
-        for epoch in range(int(self.epoch.numpy()), epochs):
+        _whole("fit", "epochs", epochs, minimum=0)
+        _whole("fit", "initial_epoch", initial_epoch, minimum=0)
+        _whole("fit", "steps_per_epoch", steps_per_epoch, allow_none=True)
+        if isinstance(validation_freq, numbers.Integral):
+            _whole("fit", "validation_freq", validation_freq)
+        verbose = _verbosity(verbose)
+        distributed = self._distribute(data, "fit")
+        self._resolve_metrics(distributed)
+        start_step, skip_batches = 0, 0
+        resumed = self._resume()
+        if resumed is not None:
+            initial_epoch, start_step, skip_batches = resumed
+        callback_list = self._callbacks(callbacks, verbose=verbose, epochs=epochs, steps=steps_per_epoch)
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        iterator, batches_read, logs = None, 0, {}
+        for epoch in range(initial_epoch, epochs):
             self._reset()
-            iterator = iterator if steps_per_epoch else iter(distributed)
-            progbar = self._progbar(steps_per_epoch, verbose)
-            if progbar is not None and self._chief:
-                print(f"Epoch {epoch + 1}/{epochs}")
-            start = time.perf_counter()
-            steps = self._run(self._train_loop, iterator, steps_per_epoch, progbar, self.steps_per_loop)
-            seconds = time.perf_counter() - start
+            callback_list.on_epoch_begin(epoch)
+            if iterator is None or steps_per_epoch is None:
+                iterator, batches_read = iter(distributed), 0
+            if skip_batches:
+                batches_read = int(self._skip_loop(iterator, tf.constant(skip_batches)))
+                skip_batches = 0
+            step, started = start_step, time.perf_counter()
+            start_step = 0
+            iterator, batches_read, step = self._train_epoch(distributed, iterator, batches_read, step, epoch,
+                                                             steps_per_epoch, callback_list)
+            seconds = time.perf_counter() - started
             logs = self._logs()
-            examples = float(self.loss_tracker.count.numpy())  # summed over replicas and workers
-            logs["examples_per_sec"] = examples / seconds if seconds else 0.0
-            if steps_per_epoch and steps < steps_per_epoch:
-                iterator = iter(distributed)  # The data ran out: start it again next epoch.
-            if validation_data is not None:
+            logs["examples_per_sec"] = float(self.loss_tracker.count.numpy()) / seconds if seconds else 0.0
+            if validation_data is not None and _validate_after(epoch, validation_freq):
                 logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data, verbose=0).items()})
-            for name, value in logs.items():
-                history.setdefault(name, []).append(value)
-            self.epoch.assign(epoch + 1)
-            if self._checkpoints:
-                self._checkpoints.save(checkpoint_number=epoch + 1)
+            callback_list.on_epoch_end(epoch, logs)
+            self.position.set(epoch + 1, 0, batches_read if steps_per_epoch else 0)
+            self._save()
             self._write_summaries(logs, epoch + 1)
-        return history
+            if self.model.stop_training:
+                break
+        callback_list.on_train_end(logs)
+        self._warn_about_skipped_steps()
+        return self.model.history
 
-    def evaluate(self, data, *, steps: int | None = None, verbose: int = 1) -> dict[str, float]:
+    def _train_epoch(self, distributed, iterator, batches_read: int, step: int, epoch: int,
+                     steps_per_epoch: int | None, callback_list):
+        """Runs one epoch's steps; returns (iterator, batches read from it, steps of the epoch)."""
+        fresh = batches_read == 0
+        while steps_per_epoch is None or step < steps_per_epoch:
+            chunk = self.steps_per_loop if steps_per_epoch is None else min(self.steps_per_loop,
+                                                                            steps_per_epoch - step)
+            if self.save_every_steps:
+                chunk = min(chunk, self.save_every_steps - step % self.save_every_steps)
+            callback_list.on_train_batch_begin(step)
+            ran, read = (int(v) for v in self._train_loop(iterator, tf.constant(chunk)))
+            step, batches_read = step + ran, batches_read + read
+            if ran:
+                fresh = False
+                callback_list.on_train_batch_end(step - 1, self._logs())
+                if self.save_every_steps and step % self.save_every_steps == 0:
+                    self.position.set(epoch, step, batches_read)
+                    self._save()
+            if ran < chunk:  # the data ended
+                if fresh:
+                    raise ConfigError("Trainer.fit(data): the data yields no batch, so nothing would train. "
+                                      "Fix: check the dataset (an empty file list, a filter that drops "
+                                      "everything, or take(0)).")
+                if steps_per_epoch is None:
+                    break
+                iterator, batches_read, fresh = iter(distributed), 0, True  # read the data again
+            if self.model.stop_training:
+                break
+        return iterator, batches_read, step
+
+    def _save(self) -> None:
+        if self.model_dir is not None:
+            self.model_dir.save()
+
+    def _write_summaries(self, logs: dict, epoch: int) -> None:
+        if self.model_dir is None:
+            return
+        learning_rate = self.optimizer.learning_rate
+        extra = {"learning_rate": float(learning_rate() if callable(learning_rate) else learning_rate)}
+        if self.loss_scale:
+            extra["loss_scale"] = float(self.loss_scale.scale.numpy())
+        self.model_dir.write_summaries(logs, epoch=epoch, extra=extra)
+
+    def _warn_about_skipped_steps(self) -> None:
+        skipped = int(self.skipped_steps.numpy())
+        if skipped and self.loss_scale is None and self._chief:
+            logger.warning("tfdp: %d step(s) were skipped because the %s all-reduce overflowed; use "
+                           'all_reduce_dtype="bfloat16" or "float32".', skipped, self.all_reduce_dtype)
+
+    # -- evaluate / predict ------------------------------------------------------------------
+
+    def evaluate(self, data, *, steps: int | None = None, verbose="auto", callbacks: Sequence = ()) -> dict:
         """Loss (+ model.losses) and metrics over `data`, aggregated across replicas and workers."""
+        _whole("evaluate", "steps", steps, allow_none=True)
+        distributed = self._distribute(data, "evaluate")
+        self._resolve_metrics(distributed)
+        verbose = _verbosity(verbose)
+        callback_list = keras.callbacks.CallbackList(list(callbacks), add_progbar=verbose != 0, model=self.model,
+                                                     verbose=verbose, epochs=1, steps=steps)
         self._reset()
-        progbar = self._progbar(steps, verbose)
-        self._run(self._eval_loop, iter(self._distribute(data)), steps, progbar, self.steps_per_loop)
-        return self._logs()
+        callback_list.on_test_begin()
+        iterator, done = iter(distributed), 0
+        while steps is None or done < steps:
+            chunk = self.steps_per_loop if steps is None else min(self.steps_per_loop, steps - done)
+            callback_list.on_test_batch_begin(done)
+            read = int(self._eval_loop(iterator, tf.constant(chunk)))
+            done += read
+            if read:
+                callback_list.on_test_batch_end(done - 1, self._logs())
+            if read < chunk:
+                break
+        if not done:
+            raise ConfigError("Trainer.evaluate(data): the data yields no batch. Fix: check the dataset.")
+        logs = self._logs()
+        callback_list.on_test_end(logs)
+        return logs
+
+    def predict(self, data, *, steps: int | None = None, verbose="auto"):
+        """The model's outputs for every example of `data` (global batches), in order, as model.predict."""
+        _whole("predict", "steps", steps, allow_none=True)
+        if not isinstance(data, tf.data.Dataset):
+            raise ConfigError(f"Trainer.predict(data={type(data).__name__}): give a tf.data.Dataset of GLOBAL "
+                              "batches (its order is the order of the outputs).")
+        verbose = _verbosity(verbose)
+        progbar = keras.utils.Progbar(steps, verbose=verbose if self._chief else 0)
+        outputs = []
+        for i, batch in enumerate(self.strategy.experimental_distribute_dataset(data)):
+            if steps is not None and i >= steps:
+                break
+            outputs.append(tf.nest.map_structure(lambda t: t.numpy(), self._predict(batch)))
+            progbar.update(i + 1)
+        if not outputs:
+            raise ConfigError("Trainer.predict(data): the data yields no batch. Fix: check the dataset.")
+        return tf.nest.map_structure(lambda *parts: np.concatenate(parts, axis=0), *outputs)
 
     def close(self) -> None:
         """Removes a non-chief worker's private checkpoint directory."""
-        if self._checkpoints and not self._chief:
-            shutil.rmtree(self._write_dir, ignore_errors=True)
+        if self.model_dir is not None:
+            self.model_dir.close()
+
+
+def _validate_after(epoch: int, validation_freq) -> bool:
+    if isinstance(validation_freq, numbers.Integral):
+        return (epoch + 1) % validation_freq == 0
+    return epoch + 1 in validation_freq
