@@ -87,8 +87,13 @@ def main(argv):
     if FLAGS.dry_run:
         print(json.dumps(plan, indent=2))
         return
-    train = data.train.shuffle(data.num_train, seed=0).batch(batch)
-    test = data.test.batch(batch)
+    if FLAGS.loop == "fit":
+        train = data.train.shuffle(data.num_train, seed=0).batch(batch)
+        test = data.test.batch(batch)
+    else:  # tfdp's exactly-once sharding, batched per replica
+        train = tfdp.data.distribute(strategy, data.train, global_batch_size=batch, shuffle_buffer=data.num_train,
+                                     shuffle_seed=0)
+        test = tfdp.data.distribute(strategy, data.test, global_batch_size=batch)
     with strategy.scope():
         model = models.small_cnn(keras, data.image_shape, data.num_classes)
         if FLAGS.loop == "fit":

@@ -314,3 +314,32 @@ def test_bfloat16_and_compressed_all_reduce_train_close_to_float32(two_replicas)
         keras.mixed_precision.set_dtype_policy("float32")
     assert trainer.loss_scale is None and history["loss"][1] < history["loss"][0]
     assert mixed.layers[-1].compute_dtype == "bfloat16"
+
+
+DISAGREE_WORKER = """
+import os, sys, tensorflow as tf, tfdp
+from tests.models import dict_data, dict_model
+strategy = tfdp.create_strategy(timeout_seconds=60)
+with strategy.scope():
+    model = dict_model()
+rank = tfdp.cluster.TFConfig.from_env().worker_rank
+trainer = tfdp.Trainer(model, optimizer="sgd", loss="mse", strategy=strategy,
+                       model_dir=os.path.join(sys.argv[1], str(rank)))  # not shared: each its own
+x, y = dict_data(16)
+try:
+    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0)
+except tfdp.ConfigError as e:
+    print("CONFIG_ERROR", e)
+"""
+
+
+def test_workers_restoring_different_checkpoints_is_a_config_error_not_a_hang(tmp_path, two_replicas):
+    with two_replicas.scope():
+        model = dict_model()
+    x, y = dict_data(16)
+    tfdp.Trainer(model, optimizer="sgd", loss="mse", strategy=two_replicas, model_dir=str(tmp_path / "0")).fit(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0)  # only worker 0's has one
+    results = run_workers(DISAGREE_WORKER, num_workers=2, timeout=180, args=(str(tmp_path),))
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "CONFIG_ERROR" in r.stdout and "filesystem every worker shares" in r.stdout

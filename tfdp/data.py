@@ -135,6 +135,19 @@ def _check_size(dataset: tf.data.Dataset, global_batch_size: int) -> None:
                             "step is a partial batch.", cardinality, global_batch_size)
 
 
+_BATCH_OPS = ("BatchDataset", "BatchDatasetV2", "PaddedBatchDataset", "PaddedBatchDatasetV2",
+              "ParallelBatchDataset")
+
+
+def _check_unbatched(dataset: tf.data.Dataset, global_batch_size: int) -> None:
+    """Raises ConfigError when `dataset` was batched already (its batches would be batched again)."""
+    graph = _compat.dataset_graph_def(dataset)
+    if any(node.op in _BATCH_OPS for node in graph.node):
+        raise ConfigError(f"distribute(dataset_or_fn=...): the dataset is already batched, and distribute "
+                          f"batches it again (global_batch_size={global_batch_size}). Fix: pass the dataset "
+                          "before .batch(...), or pass the batched dataset to model.fit / tfdp.Trainer directly.")
+
+
 def distribute(strategy: tf.distribute.Strategy, dataset_or_fn: DatasetOrFn, *, global_batch_size: int,
                shard: str = "auto", drop_remainder: bool = False, shuffle_buffer: int | None = None,
                shuffle_seed: int | None = None,
@@ -177,6 +190,7 @@ def distribute(strategy: tf.distribute.Strategy, dataset_or_fn: DatasetOrFn, *, 
         if not isinstance(dataset, tf.data.Dataset):
             raise ConfigError(f"distribute: the dataset function returned a {type(dataset).__name__}, "
                               "not a tf.data.Dataset.")
+        _check_unbatched(dataset, global_batch_size)
         _check_size(dataset, global_batch_size)
         pipelines, index = context.num_input_pipelines, context.input_pipeline_id
         policy, _ = _resolve_policy(dataset, shard, pipelines)

@@ -19,6 +19,7 @@ import tempfile
 
 import tensorflow as tf
 
+from tfdp import roles
 from tfdp.errors import ConfigError
 
 logger = logging.getLogger("tfdp")
@@ -92,14 +93,14 @@ class ModelDir:
         return restored
 
     def _check_workers_agree(self, strategy: tf.distribute.Strategy) -> None:
-        if strategy.num_replicas_in_sync == 1:
+        if roles.num_workers(strategy) == 1:  # one process reads one directory
             return
         mine = tf.constant(list(self.position.values()), tf.float64)
         replicas = float(strategy.num_replicas_in_sync)
 
         def sums():  # all equal exactly when replicas x sum of squares == (sum)^2, per value
-            context = tf.distribute.get_replica_context()
-            return context.all_reduce("SUM", mine), context.all_reduce("SUM", mine * mine)
+            context, value = tf.distribute.get_replica_context(), tf.identity(mine)  # one tensor per replica
+            return context.all_reduce("SUM", value), context.all_reduce("SUM", value * value)
 
         total, squares = (strategy.experimental_local_results(v)[0]
                           for v in tf.function(lambda: strategy.run(sums))())

@@ -324,7 +324,8 @@ class Trainer:
         if self.model_dir is None:
             return
         learning_rate = self.optimizer.learning_rate
-        extra = {"learning_rate": float(learning_rate() if callable(learning_rate) else learning_rate)}
+        learning_rate = learning_rate() if callable(learning_rate) else learning_rate
+        extra = {"learning_rate": float(keras.ops.convert_to_numpy(learning_rate))}
         if self.loss_scale:
             extra["loss_scale"] = float(self.loss_scale.scale.numpy())
         self.model_dir.write_summaries(logs, epoch=epoch, extra=extra)
