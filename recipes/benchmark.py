@@ -105,8 +105,8 @@ def run_here(name: str) -> dict:
                                all_reduce_dtype=all_reduce_dtype)
         trainer.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
         first = time.perf_counter() - start
-        history = trainer.fit(data, epochs=FLAGS.repeats + 2, steps_per_epoch=FLAGS.steps, verbose=0)
-        rates = history["examples_per_sec"][1:]
+        history = trainer.fit(data, epochs=FLAGS.repeats + 1, steps_per_epoch=FLAGS.steps, verbose=0)
+        rates = history.history["examples_per_sec"][1:]  # the first epoch warms up
     result = {"config": name, "examples_per_sec": statistics.median(rates), "repeats": rates,
               "first_step_seconds": first, "chief": tfdp.is_chief(strategy)}
     if FLAGS.split:
