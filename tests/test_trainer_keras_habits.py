@@ -120,6 +120,8 @@ def test_progress_is_one_line_per_epoch_when_not_a_terminal(two_replicas, capsys
     (lambda t: t.fit([1, 2, 3]), "give a tf.data.Dataset"),
     (lambda t: t.evaluate(batches().take(0)), "yields no batch"),
     (lambda t: t.fit(batches(), verbose=3), "verbose=3"),
+    # a plain Dataset goes through tfdp.data's exactly-once path, which needs whole per-replica batches
+    (lambda t: t.fit(batches(batch_size=9)), r"Trainer.fit\(data\): global_batch_size=9 does not divide"),
 ])
 def test_bad_fit_arguments_are_config_errors(two_replicas, call, message):
     with pytest.raises(tfdp.ConfigError, match=message):

@@ -141,8 +141,10 @@ _BATCH_OPS = ("BatchDataset", "BatchDatasetV2", "PaddedBatchDataset", "PaddedBat
 
 def _check_unbatched(dataset: tf.data.Dataset, global_batch_size: int) -> None:
     """Raises ConfigError when `dataset` was batched already (its batches would be batched again)."""
-    graph = _compat.dataset_graph_def(dataset)
-    if any(node.op in _BATCH_OPS for node in graph.node):
+    ops = [node.op for node in _compat.dataset_graph_def(dataset).node]
+    batched = [i for i, op in enumerate(ops) if op in _BATCH_OPS]
+    unbatched = [i for i, op in enumerate(ops) if op == "UnbatchDataset"]
+    if batched and (not unbatched or max(unbatched) < max(batched)):
         raise ConfigError(f"distribute(dataset_or_fn=...): the dataset is already batched, and distribute "
                           f"batches it again (global_batch_size={global_batch_size}). Fix: pass the dataset "
                           "before .batch(...), or pass the batched dataset to model.fit / tfdp.Trainer directly.")
@@ -232,3 +234,26 @@ def tfds_dataset_fn(builder: "tfds.core.DatasetBuilder", split: str, **as_datase
         return builder.as_dataset(split=part, **as_dataset_kwargs)
 
     return dataset_fn
+
+
+def distribute_global_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset
+                              ) -> tf.distribute.DistributedDataset:
+    """`distribute` for a dataset of GLOBAL batches (what model.fit and tfdp.Trainer take).
+
+    The batches are taken apart and batched again per replica through `distribute`, so they
+    get the same exactly-once sharding: each step's global batch holds the same examples as
+    on one device, the last partial batch included (on several workers each worker keeps
+    every N-th example of it).
+
+    Raises:
+        ConfigError: the batch size does not divide by the replicas, or the dataset is empty.
+    """
+    batch_size = tf.nest.flatten(dataset.element_spec)[0].shape[:1].num_elements()
+    drop_remainder = batch_size is not None  # a static batch size: every batch is full
+    if batch_size is None:
+        first = next(iter(dataset.take(1)), None)
+        if first is None:
+            raise ConfigError("the dataset yields no batch, so nothing would train. Fix: check the dataset "
+                              "(an empty file list, a filter that drops everything, or take(0)).")
+        batch_size = int(tf.shape(tf.nest.flatten(first)[0])[0])
+    return distribute(strategy, dataset.unbatch(), global_batch_size=batch_size, drop_remainder=drop_remainder)

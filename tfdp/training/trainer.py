@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from tfdp import _compat
+from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 from tfdp.roles import is_chief
@@ -168,7 +169,10 @@ class Trainer:
         if isinstance(data, tf.distribute.DistributedDataset):
             return data
         if isinstance(data, tf.data.Dataset):
-            return self.strategy.experimental_distribute_dataset(data)
+            try:
+                return tfdp_data.distribute_global_batches(self.strategy, data)
+            except ConfigError as e:
+                raise ConfigError(f"Trainer.{what}(data): {e}") from None
         raise ConfigError(f"Trainer.{what}(data={type(data).__name__}): give a tf.data.Dataset of GLOBAL batches "
                           "or a DistributedDataset from tfdp.data.distribute.")
 
