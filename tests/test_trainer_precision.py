@@ -109,3 +109,19 @@ def test_compressed_all_reduce_at_4096_x_16_trains_as_float32(two_replicas, dtyp
     reference, compressed = run("float32"), run(dtype)
     scale = max(np.abs(w).max() for w in reference)
     assert max(np.abs(a - b).max() for a, b in zip(reference, compressed)) / scale < 1e-2
+
+
+def test_the_optimizers_loss_scale_factor_is_honoured(two_replicas):
+    data = regression(640)
+
+    def run(**optimizer_options):
+        keras.utils.set_random_seed(3)
+        with two_replicas.scope():
+            model = mlp()
+        trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.01, **optimizer_options), loss="mse",
+                               strategy=two_replicas, clip_global_norm=0.5)  # SGD: a lost factor shows
+        trainer.fit(tf.data.Dataset.from_tensor_slices(data).batch(64), epochs=2, verbose=0)
+        return model.get_weights()
+
+    for a, b in zip(run(), run(loss_scale_factor=128.0)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
