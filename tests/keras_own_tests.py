@@ -95,8 +95,8 @@ def test_files(keras_src: Path, tmp: str) -> tuple[Path, str]:
     if all((keras_src / name).exists() for name in TEST_FILES):
         return keras_src, "the installed wheel"
     download = os.path.join(tmp, "wheel")
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", download,
-                    f"keras=={TESTS_RELEASE}"], check=True, timeout=600)
+    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", download, f"keras=={TESTS_RELEASE}"]
+    subprocess.run(command, check=True, timeout=600)
     target = Path(tmp) / "keras_tests"
     trainer_module = importlib.import_module("keras.src.backend.tensorflow.trainer")
     with zipfile.ZipFile(next(Path(download).glob("keras-*.whl"))) as wheel:
@@ -113,16 +113,15 @@ def test_files(keras_src: Path, tmp: str) -> tuple[Path, str]:
 def run(tests: Path, repairs: bool, tmp: str) -> dict[str, str]:
     """Outcome of every test in TEST_FILES, in one fresh pytest process."""
     report = os.path.join(tmp, f"{'repaired' if repairs else 'stock'}.xml")
-    missing = [name for name in OPTIONAL_PACKAGES if subprocess.run(
-        [sys.executable, "-c", f"import {name}"], capture_output=True, timeout=120).returncode]
+    missing = [name for name in OPTIONAL_PACKAGES
+               if subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, timeout=120).returncode]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
                "--rootdir", str(tests), "--import-mode=importlib", "-p", "tests.keras_own_tests", f"--junitxml={report}",
                *(["-k", " and ".join(f"not {name}" for name in missing)] if missing else []),
                *[str(tests / name) for name in TEST_FILES]]
     env = {**os.environ, REPAIRS_ENV: "1" if repairs else "0", "PYTHONPATH": str(ROOT),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True,
-                            timeout=TIMEOUT_SECONDS)
+    result = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
     if not os.path.exists(report) or result.returncode not in (0, 1):
         sys.exit(f"Keras's tests did not run ({'repaired' if repairs else 'stock'}, exit "
                  f"{result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

@@ -38,6 +38,23 @@ def fp16_model():
                              keras.layers.Dense(1, dtype="float32")])
 
 
+def fp16_fit_with_a_nan_on_replica_1(strategy):
+    """Under mixed_float16: one batch of 8 whose only NaN is in replica 1's half, fit once.
+
+    Returns:
+        (model, its weights before the fit, its loss-scale optimizer's initial scale).
+    """
+    x = np.ones((8, 4), "float32")
+    x[5, 2] = np.nan
+    keras.utils.set_random_seed(7)
+    with strategy.scope():
+        model = fp16_model()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    initial = model.get_weights()
+    model.fit(x, np.ones((8, 1), "float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return model, initial, float(model.optimizer.initial_scale)
+
+
 def dict_data(n):
     rng = np.random.default_rng(0)
     x = {"a": rng.normal(size=(n, 4)).astype("float32"), "b": rng.normal(size=(n, 3)).astype("float32")}

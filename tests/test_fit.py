@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras
 
 import tfdp
-from tests.models import GLOBAL_BATCH, conv_data, conv_model, dict_data, dict_model, fp16_model, train
+from tests.models import GLOBAL_BATCH, conv_data, conv_model, dict_data, dict_model, fp16_fit_with_a_nan_on_replica_1, train
 
 @pytest.fixture
 def strategies():
@@ -70,15 +70,7 @@ def mixed_float16():
 
 def test_fp16_nan_on_one_replica_skips_the_step_everywhere(strategies, mixed_float16):
     _, two = strategies
-    x = np.ones((8, 4), "float32")
-    x[5, 2] = np.nan  # replica 1's half of the only batch
-    keras.utils.set_random_seed(7)
-    with two.scope():
-        model = fp16_model()
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    initial = model.get_weights()
-    scale = float(model.optimizer.initial_scale)
-    model.fit(x, np.ones((8, 1), "float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    model, initial, scale = fp16_fit_with_a_nan_on_replica_1(two)
     for before, after in zip(initial, model.get_weights()):
         np.testing.assert_array_equal(before, after)
     assert float(model.optimizer.dynamic_scale.numpy()) == scale / 2

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import tfdp
 from tfdp import keras_fixes
-from tests.models import dict_data, dict_model, fp16_model, train
+from tests.models import dict_data, dict_model, fp16_fit_with_a_nan_on_replica_1, train
 
 
 @pytest.fixture
@@ -114,13 +114,7 @@ def test_stock_loss_scale_optimizer_applies_a_nan_seen_by_one_replica(strategies
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     try:
         without("reduce_before_clip")
-        x = np.ones((8, 4), "float32")
-        x[5, 2] = np.nan  # replica 1's half of the only batch
-        keras.utils.set_random_seed(7)
-        with two.scope():
-            model = fp16_model()
-            model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-        model.fit(x, np.ones((8, 1), "float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
+        model, _, _ = fp16_fit_with_a_nan_on_replica_1(two)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     assert not all(np.isfinite(w).all() for w in model.get_weights())
