@@ -106,11 +106,13 @@ def test_timeout_stops_the_job():
 
 
 def _alive(pid):
+    """Running (a zombie waiting to be reaped by whoever adopted it counts as ended)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
 
 
 def test_sigterm_to_the_launcher_leaves_no_process_behind():
@@ -137,6 +139,33 @@ def test_sigterm_to_the_launcher_leaves_no_process_behind():
             launcher.wait()
     assert launcher.returncode in (128 + signal.SIGTERM, 3)
     assert not _alive(pids[0])
+
+
+def test_sigkill_of_the_launcher_kills_every_worker_within_5_seconds():
+    """Workers run in their own sessions; the kernel's parent-death signal still ends them."""
+    command = [*LAUNCH, "--num_workers", "2", "--", sys.executable, "-c", TOY_WORKER, "ignore-term", "120"]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the 30 s deadline below, then SIGKILL
+                                stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(None))
+    pids = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
+            line = launcher.stdout.readline() if ready else ""
+            if line.startswith("[worker") and "hello" in line:
+                pids.append(int(line.split("pid")[1]))
+        assert len(pids) == 2, "the workers never started"
+        launcher.kill()
+        launcher.wait(timeout=30)
+        gone_by = time.monotonic() + 5
+        while any(_alive(pid) for pid in pids) and time.monotonic() < gone_by:
+            time.sleep(0.1)
+        left = [pid for pid in pids if _alive(pid)]
+    finally:
+        for pid in pids:  # reap by PID whatever happened
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived the launcher"
 
 
 FIT_WORKER = """

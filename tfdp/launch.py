@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
+import functools
 import os
 import random
 import signal
@@ -128,6 +130,24 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _in_worker_before_exec(launcher_pid: int, cores: list[int] | None) -> None:
+    """Runs in each worker between fork and exec: dies with the launcher, pinned if asked.
+
+    The worker runs in its own session (so a Ctrl-C reaches the launcher, which stops the
+    workers in order); the parent-death signal makes the kernel SIGKILL it when the
+    launcher dies however it dies (SIGKILL included), so no worker outlives the job.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != launcher_pid:  # the launcher died before the prctl took effect
+        os._exit(1)
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+
 @dataclass
 class Worker:
     """One running worker process and the tail of its output."""
@@ -181,10 +201,10 @@ class Launcher:
             env = dict(os.environ, TF_CONFIG=TFConfig.local_workers(ports, i).to_json(),
                        TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads,
                        **{RESTART_COUNT_ENV: str(attempt), SEED_ENV: self.seed, "PYTHONUNBUFFERED": "1"})
-            pin = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores else None
             process = subprocess.Popen(self.args.command, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, errors="replace",
-                                       start_new_session=True, preexec_fn=pin)
+                                       start_new_session=True,
+                                       preexec_fn=functools.partial(_in_worker_before_exec, os.getpid(), cores))
             worker = Worker(i, process)
             log_path = os.path.join(self.args.log_dir, f"worker-{i}.log") if self.args.log_dir else None
             worker.reader = threading.Thread(target=_stream, args=(worker, log_path, self.lock), daemon=True)
