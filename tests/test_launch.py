@@ -168,6 +168,60 @@ def test_sigkill_of_the_launcher_kills_every_worker_within_5_seconds():
     assert not left, f"workers {left} outlived the launcher"
 
 
+# A worker that listens as TensorFlow's gRPC server does: on every interface, at its TF_CONFIG port.
+LISTENING_WORKER = """
+import json, os, socket, time
+config = json.loads(os.environ["TF_CONFIG"])
+port = int(config["cluster"]["worker"][config["task"]["index"]].rsplit(":", 1)[1])
+server = socket.socket()
+server.bind(("0.0.0.0", port))
+server.listen()
+print(f"listening {port}", flush=True)
+time.sleep(60)
+"""
+
+
+def _host_listeners() -> set[int]:
+    """Ports with a TCP listener in THIS process's network namespace (the host's)."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.mark.parametrize("network", ["isolated", "host"])
+def test_a_running_job_listens_on_no_interface_of_the_host(network):
+    command = [*LAUNCH, "--num_workers", "2", "--network", network, "--grace_period", "1", "--",
+               sys.executable, "-c", LISTENING_WORKER]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the 30 s deadline below, then SIGKILL
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None), start_new_session=True)
+    ports = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(ports) < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
+            line = launcher.stdout.readline() if ready else ""
+            if "listening" in line:
+                ports.append(int(line.split("listening")[1]))
+        assert len(ports) == 2, "the workers never listened"
+        visible = [port for port in ports if port in _host_listeners()]
+    finally:
+        os.killpg(launcher.pid, signal.SIGTERM)
+        try:
+            launcher.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    if network == "isolated":
+        assert visible == []  # nothing outside the job can connect
+    else:
+        assert visible == ports and "--network host" in launcher.stderr.read()
+
+
 FIT_WORKER = """
 import json, os, sys, keras, tfdp
 from tests.models import dict_data, dict_model, train

@@ -2,7 +2,9 @@
 
     tfdp-launch --num_workers 2 -- python train.py --flags...
 
-Each worker gets its TF_CONFIG (addresses on 127.0.0.1, free ports from the OS), its
+The job runs in a network namespace of its own (loopback only: TensorFlow's gRPC servers
+listen on every interface, unauthenticated; --network host opts out). Each worker gets
+its TF_CONFIG (addresses on 127.0.0.1, free ports from the OS), its
 output is streamed with a "[worker i]" prefix (and to --log_dir/worker-i.log), and when
 any worker fails the others are stopped (SIGTERM, then SIGKILL after a grace period),
 the first failure is reported with the tail of its output, and the job is restarted
@@ -26,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tfdp import netns
 from tfdp.cluster import SEED_ENV, TFConfig
 
 RESTART_COUNT_ENV = "TFDP_RESTART_COUNT"
@@ -44,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run N TensorFlow worker processes on this machine, each with its TF_CONFIG.",
         epilog="Every option can also be set by an environment variable (TFDP_NUM_WORKERS, "
                "TFDP_MAX_RESTARTS, TFDP_LOG_DIR, TFDP_TIMEOUT, TFDP_GRACE_PERIOD, TFDP_PORT, "
-               "TFDP_THREADS_PER_WORKER, TFDP_PIN).")
+               "TFDP_THREADS_PER_WORKER, TFDP_PIN, TFDP_NETWORK).")
     parser.add_argument("--num_workers", type=int, default=_env_default("TFDP_NUM_WORKERS", None, int),
                         help="How many worker processes to start (required).")
     parser.add_argument("--max_restarts", type=int, default=_env_default("TFDP_MAX_RESTARTS", 0, int),
@@ -66,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
                              "workers x threads fit in this machine's cores. Off by default: on a 2-core "
                              "machine pinning 2 workers to 1 core each made them 3.5x slower, as their "
                              "gRPC and tf.data threads then share the compute core (docs/performance.md).")
+    parser.add_argument("--network", choices=["isolated", "host"], default=_env_default("TFDP_NETWORK", "isolated"),
+                        help="isolated (default): the job runs in a network namespace of its own, so its "
+                             "workers, whose TensorFlow gRPC servers listen on every interface without "
+                             "authentication, are reachable from this job's loopback only. host: on this "
+                             "machine's network (a warning; for machines that allow no namespaces).")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="The worker command, after --, e.g. -- python train.py --epochs=3")
     return parser
@@ -253,8 +261,28 @@ class Launcher:
               f"its last output:\n{tail}", file=sys.stderr)
 
 
+def _isolate_network(args: argparse.Namespace) -> bool:
+    """Puts the job in its own network namespace (--network isolated); False: refused, said why."""
+    if args.network == "host":
+        print("tfdp-launch: --network host: the workers' TensorFlow gRPC servers listen on every interface of "
+              "this machine, unauthenticated; run only on an isolated network.", file=sys.stderr)
+        return True
+    try:
+        netns.isolate()
+    except OSError as e:
+        print(f"tfdp-launch: cannot give the job a network namespace of its own ({e}), and without one its "
+              "workers' TensorFlow gRPC servers listen on every interface, unauthenticated. Fix: run as root "
+              "or where unprivileged user namespaces are allowed (sysctl kernel.unprivileged_userns_clone=1, "
+              "or a container started with them), or pass --network host to accept the exposure.",
+              file=sys.stderr)
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the job; returns the launcher's exit code."""
+    if not _isolate_network(args):
+        return 2
     launcher = Launcher(args)
 
     def on_signal(signum, frame):
