@@ -135,3 +135,23 @@ def test_repairs_change_nothing_on_one_device(strategies, without):
     stock, _ = train(one, dict_model, dict_data(45), optimizer=adam_with_clip, steps_per_execution=3)
     for a, b in zip(repaired.get_weights(), stock.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_damaged_latest_backup_falls_back_to_the_previous_one(strategies, tmp_path, caplog):
+    """Without double_checkpoint too: tfdp always keeps the previous backup."""
+    _, two = strategies
+
+    def run(callbacks):
+        return train(two, dict_model, dict_data(48), epochs=3, optimizer=lambda: keras.optimizers.Adam(0.01),
+                     fit_kwargs=dict(callbacks=callbacks))[0]
+
+    reference = run([])
+    backup = lambda: keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=2)  # noqa: E731
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([backup(), Interrupt(step=5)])  # backups after steps 2 and 4 of epoch 1
+    (tmp_path / "latest.weights.h5").write_bytes(b"0")  # damaged, as by a disk or a bad copy
+    with caplog.at_level("WARNING", logger="tfdp"):
+        resumed = run([backup()])
+    assert "latest.weights.h5 is damaged" in caplog.text
+    assert int(resumed.optimizer.iterations.numpy()) == 18
+    assert max_diff(reference, resumed) < 1e-5

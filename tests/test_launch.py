@@ -4,6 +4,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -220,6 +221,69 @@ def test_a_running_job_listens_on_no_interface_of_the_host(network):
         assert visible == []  # nothing outside the job can connect
     else:
         assert visible == ports and "--network host" in launcher.stderr.read()
+
+
+@pytest.mark.parametrize("argv,env,message", [
+    (["--num_workers", "2", "--", "no-such-program-xyz"], {}, "worker command 'no-such-program-xyz' not found"),
+    (["--", sys.executable, "-c", "pass"], {"TFDP_NUM_WORKERS": "abc"}, "TFDP_NUM_WORKERS='abc' is not a valid int"),
+    (["--num_workers", "2", "--log_dir", __file__, "--", sys.executable], {}, "is a file, not a directory"),
+], ids=["missing program", "bad env", "log_dir is a file"])
+def test_launcher_misuse_is_a_usage_error_naming_the_fix(argv, env, message):
+    result, _ = launch(argv, timeout=60, env=env)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_busy_port_is_found_before_any_worker_starts():
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result, seconds = launch(["--num_workers", "1", "--network", "host", "--port", str(port), "--",
+                                  sys.executable, "-c", "print('started')"], timeout=60)
+    assert result.returncode == 2 and f"port(s) {port} are in use" in result.stderr
+    assert "started" not in result.stdout and seconds < 30
+
+
+def test_closing_line_names_each_worker_restarts_and_wall_time():
+    result, _ = launch(["--num_workers", "2", "--max_restarts", "1", "--", sys.executable, "-c", TOY_WORKER,
+                        "fail-once", "0"], timeout=120)
+    assert result.returncode == 0
+    closing = result.stderr.strip().splitlines()[-1]
+    assert closing.startswith("tfdp-launch: exit code 0; worker 0 exit code 0, worker 1 exit code 0; "
+                              "restarts used 1 of 1; wall time ")
+
+
+PRIVATE_DIR_WORKER = """
+import os, sys, tempfile, time
+path = tempfile.mkdtemp(prefix="tfdp-worker-")
+print("private", path, flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_a_killed_jobs_private_dirs_are_removed_at_the_next_start(tmp_path):
+    env = {"TMPDIR": str(tmp_path)}
+    command = [*LAUNCH, "--num_workers", "2", "--", sys.executable, "-c", PRIVATE_DIR_WORKER, "120"]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the 30 s deadline below, then SIGKILL
+                                stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(env))
+    paths = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(paths) < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
+            line = launcher.stdout.readline() if ready else ""
+            if "private" in line:
+                paths.append(line.split("private", 1)[1].strip())
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=30)
+    assert len(paths) == 2 and all(p.startswith(str(tmp_path / "tfdp-job-")) for p in paths)
+    time.sleep(1)  # the workers die with the launcher; their directories stay behind
+    assert all(os.path.isdir(p) for p in paths)
+    result, _ = launch(["--num_workers", "1", "--", sys.executable, "-c", PRIVATE_DIR_WORKER, "0"], timeout=60,
+                       env=env)
+    assert result.returncode == 0
+    assert not [p for p in tmp_path.rglob("tfdp-worker-*")]  # the stale ones and the new job's own
 
 
 FIT_WORKER = """

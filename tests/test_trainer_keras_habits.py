@@ -1,5 +1,7 @@
 """tfdp.Trainer behaves as model.fit does: callbacks, History, epochs, predict, metric names, bad input."""
 
+import os
+
 import numpy as np
 import pytest
 import keras
@@ -141,3 +143,20 @@ def test_a_finished_run_resumed_says_so_and_trains_only_what_is_asked(two_replic
     assert "resumed from" in capsys.readouterr().out and history.epoch == []
     history = second.fit(batches(), epochs=3, initial_epoch=2, verbose=0)  # one more, as model.fit would
     assert history.epoch == [2] and int(second.optimizer.iterations.numpy()) == 18
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(two_replicas, tmp_path, caplog):
+    make_trainer(two_replicas, model_dir=str(tmp_path)).fit(batches(), epochs=2, verbose=0)
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    data_file = next(p for p in (tmp_path / "checkpoints").iterdir()
+                     if p.name.startswith(os.path.basename(latest) + ".data"))
+    data_file.write_bytes(data_file.read_bytes()[:50])  # truncated, as by a kill mid-copy
+    resumed = make_trainer(two_replicas, model_dir=str(tmp_path))
+    with caplog.at_level("WARNING", logger="tfdp"):
+        history = resumed.fit(batches(), epochs=3, verbose=0)
+    assert latest in caplog.text and "trying the previous one" in caplog.text
+    assert history.epoch == [1, 2]  # resumed after epoch 1, from the previous checkpoint
+    uninterrupted = make_trainer(two_replicas)
+    uninterrupted.fit(batches(), epochs=3, verbose=0)
+    for a, b in zip(resumed.model.get_weights(), uninterrupted.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -19,10 +19,12 @@ import ctypes
 import functools
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -38,7 +40,14 @@ POLL_SECONDS = 0.05
 
 def _env_default(name: str, default, kind=str):
     value = os.environ.get(name)
-    return default if value in (None, "") else kind(value)
+    if value in (None, ""):
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        print(f"tfdp-launch: error: environment variable {name}={value!r} is not a valid {kind.__name__}. "
+              f"Fix: correct it or unset it.", file=sys.stderr)
+        sys.exit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,6 +109,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                      f"must lie in 1024..65535; pick a lower port or use 0 for free ports")
     if not args.command:
         parser.error("no worker command: put it after --, e.g. tfdp-launch --num_workers 2 -- python train.py")
+    if shutil.which(args.command[0]) is None:
+        parser.error(f"worker command {args.command[0]!r} not found (neither on PATH nor an executable file). "
+                     f"Fix: give the program's path, e.g. -- {sys.executable} train.py")
+    if args.log_dir and os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
+        parser.error(f"--log_dir {args.log_dir}: is a file, not a directory. Fix: name a directory (it is created)")
     cores = len(available_cores())
     if args.threads_per_worker is None:
         args.threads_per_worker = max(1, cores // args.num_workers)
@@ -279,42 +293,96 @@ def _isolate_network(args: argparse.Namespace) -> bool:
     return True
 
 
+def _busy_ports(ports: Sequence[int]) -> list[int]:
+    """The ports among `ports` that something on this network already listens on (TF binds 0.0.0.0)."""
+    busy = []
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+JOB_DIR_PREFIX = "tfdp-job-"
+
+
+def _job_temp_dir() -> str:
+    """A temporary directory for this job's workers (their TMPDIR); stale ones of dead launchers go."""
+    root = tempfile.gettempdir()
+    for entry in os.listdir(root):
+        pid = entry[len(JOB_DIR_PREFIX):].split("-", 1)[0]
+        if entry.startswith(JOB_DIR_PREFIX) and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{JOB_DIR_PREFIX}{os.getpid()}-", dir=root)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
-    """Runs the job; returns the launcher's exit code."""
+    """Runs the job; returns the launcher's exit code (and prints one closing line)."""
     if not _isolate_network(args):
         return 2
+    fixed_ports = list(range(args.port, args.port + args.num_workers)) if args.port else []
+    busy = _busy_ports(fixed_ports)
+    if busy:
+        print(f"tfdp-launch: error: --port {args.port}: port(s) {', '.join(map(str, busy))} are in use on this "
+              "network. Fix: another --port, or 0 for free ports.", file=sys.stderr)
+        return 2
     launcher = Launcher(args)
+    started, attempts, code = time.monotonic(), 0, 1
 
     def on_signal(signum, frame):
         launcher.stop_signal = signum
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     deadline = time.monotonic() + args.timeout if args.timeout else None
+    job_dir = _job_temp_dir()
+    os.environ["TMPDIR"] = job_dir  # the workers' private files live and die with the job
     try:
         for attempt in range(args.max_restarts + 1):
+            attempts = attempt + 1
             launcher.start(attempt)
             outcome, failed = launcher.wait(deadline)
             launcher.stop_all()
             if outcome == "ok":
-                return 0
+                code = 0
+                return code
             if outcome == "signal":
                 print(f"tfdp-launch: stopped all workers on {signal.Signals(launcher.stop_signal).name}",
                       file=sys.stderr)
-                return 128 + launcher.stop_signal
+                code = 128 + launcher.stop_signal
+                return code
             if outcome == "timeout":
                 print(f"tfdp-launch: the job did not finish within --timeout {args.timeout:g} s; "
                       "stopped all workers", file=sys.stderr)
-                return 124
+                code = 124
+                return code
             launcher.report(failed)
             if attempt < args.max_restarts:
                 print(f"tfdp-launch: restarting all {args.num_workers} workers "
                       f"(restart {attempt + 1} of {args.max_restarts})", file=sys.stderr)
-        code = failed.process.returncode
-        return code if code > 0 else 128 - code
+        returncode = failed.process.returncode
+        code = returncode if returncode > 0 else 128 - returncode
+        return code
     finally:
         launcher.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        shutil.rmtree(job_dir, ignore_errors=True)
+        statuses = ", ".join(f"worker {w.index} {_describe(w.process.returncode)}" for w in launcher.workers)
+        print(f"tfdp-launch: exit code {code}; {statuses or 'no worker started'}; restarts used "
+              f"{max(attempts - 1, 0)} of {args.max_restarts}; wall time {time.monotonic() - started:.1f} s",
+              file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,8 @@ backup (save_freq=N) by replaying the whole epoch: 44 optimizer steps where an
 uninterrupted run takes 40.
 
 The repair keeps Keras's files and options (`latest.weights.h5`, `training_metadata.json`,
-their `.bkp` copies with `double_checkpoint=True`, `delete_checkpoint`):
+their `.bkp` copies, `delete_checkpoint`); the previous backup is kept as `.bkp` whatever
+`double_checkpoint` says, so that a damaged latest one has something to fall back to:
 - only the chief writes and deletes the user's directory (the others write a private
   one, and restore from the user's);
 - each file is written to a temporary name and renamed into place, and the metadata,
@@ -20,6 +21,7 @@ their `.bkp` copies with `double_checkpoint=True`, `delete_checkpoint`):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import weakref
@@ -30,6 +32,8 @@ import keras
 from tfdp.errors import ConfigError
 from tfdp.keras_fixes._base import Fix, Undo, check_methods, patch
 from tfdp.keras_fixes._worker_files import on_chief, private_dir, remove_private_dir
+
+logger = logging.getLogger("tfdp")
 
 _WEIGHTS = "latest.weights.h5"
 _METADATA = "training_metadata.json"
@@ -77,7 +81,7 @@ def _save(self) -> None:
     target = self.backup_dir if on_chief(self) else private_dir(self)
     os.makedirs(target, exist_ok=True)
     weights, metadata = os.path.join(target, _WEIGHTS), os.path.join(target, _METADATA)
-    if self.double_checkpoint and _matching_metadata(target, "") is not None:
+    if _matching_metadata(target, "") is not None:  # always: a damaged latest has a previous to fall back to
         _replace_copy(weights, weights + _PREVIOUS)
         _replace_copy(metadata, metadata + _PREVIOUS)
     self.model.save_weights(weights + _TMP + ".weights.h5", overwrite=True)
@@ -98,6 +102,9 @@ def _load(self) -> None:
     for suffix in ("", _PREVIOUS):
         state = _matching_metadata(directory, suffix)
         if state is None:
+            if not suffix and os.path.exists(os.path.join(directory, _WEIGHTS)):
+                logger.warning("tfdp: the backup %s is damaged (it does not match %s); restoring the previous "
+                               "one.", os.path.join(directory, _WEIGHTS), _METADATA)
             continue
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)

@@ -80,9 +80,9 @@ class ModelDir:
         for path in candidates:
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
-            except (tf.errors.OpError, ValueError, AssertionError) as e:
+            except Exception as e:  # noqa: BLE001  (truncated files raise IndexError, DataLossError, ...)
                 logger.warning("tfdp: checkpoint %s cannot be read (%s); trying the previous one.",
-                               path, str(e).splitlines()[0][:200])
+                               path, (str(e).splitlines() or [type(e).__name__])[0][:200])
                 continue
             restored = path
             break
