@@ -346,6 +346,73 @@ def test_a_stuck_worker_ends_the_job_through_the_collective_timeout():
     assert seconds < 60  # not the 600 s the stuck worker would sit there
 
 
+LOOPING_WORKER = """
+import json, os, sys, time
+import tensorflow as tf, tfdp
+strategy = tfdp.create_strategy(timeout_seconds=5)
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+for step in range(10_000):
+    strategy.reduce("SUM", strategy.run(tf.function(lambda: tf.constant(1.0))), axis=None)
+    if step == 3:
+        print(f"step 3 pid {os.getpid()}", flush=True)
+    time.sleep(0.01)
+"""
+
+
+def test_a_stopped_worker_is_named_as_the_cause():
+    command = [*LAUNCH, "--num_workers", "2", "--grace_period", "1", "--", sys.executable, "-c", LOOPING_WORKER]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the deadlines below, then SIGKILL
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None), start_new_session=True)
+    stopped = None
+    try:
+        deadline = time.monotonic() + 90
+        while stopped is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
+            line = launcher.stdout.readline() if ready else ""
+            if line.startswith("[worker 1] step 3"):
+                stopped = int(line.split("pid")[1])
+                os.kill(stopped, signal.SIGSTOP)
+        assert stopped, "worker 1 never reached step 3"
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        if stopped and _alive(stopped):
+            os.kill(stopped, signal.SIGKILL)
+    assert launcher.returncode != 0
+    assert "worker 0 failed first" in stderr and "the cause is worker 1: it was stopped" in stderr
+
+
+GPU_WORKER = """
+import json, os
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+print(f"worker {index} sees {os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("visible,argv,expected", [
+    ("0,1,2,3", ["--gpus_per_worker", "2"], ["'0,1'", "'2,3'"]),
+    ("4,5", [], ["'4'", "'5'"]),  # split evenly by default
+    ("0,1", ["--gpus_per_worker", "0"], ["''", "''"]),  # CPU only
+], ids=["two each", "automatic", "none"])
+def test_each_worker_sees_its_own_gpus(visible, argv, expected):
+    result, _ = launch(["--num_workers", "2", *argv, "--", sys.executable, "-c", GPU_WORKER], timeout=60,
+                       env={"CUDA_VISIBLE_DEVICES": visible})
+    assert result.returncode == 0, result.stderr
+    for index, gpus in enumerate(expected):
+        assert f"worker {index} sees {gpus}" in result.stdout
+
+
+def test_no_gpus_leaves_cuda_visible_devices_alone_and_too_many_is_a_usage_error():
+    env = {"CUDA_VISIBLE_DEVICES": ""}
+    result, _ = launch(["--num_workers", "2", "--", sys.executable, "-c", GPU_WORKER], timeout=60, env=env)
+    assert result.returncode == 0 and "worker 1 sees ''" in result.stdout
+    result, _ = launch(["--num_workers", "2", "--gpus_per_worker", "1", "--", sys.executable, "-c", GPU_WORKER],
+                       timeout=60, env=env)
+    assert result.returncode == 2 and "--gpus_per_worker 1: 2 workers x 1 GPUs need 2 and 0 are visible" in result.stderr
+
+
 AFFINITY_WORKER = """
 import json, os
 index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]

@@ -19,6 +19,7 @@ import ctypes
 import functools
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run N TensorFlow worker processes on this machine, each with its TF_CONFIG.",
         epilog="Every option can also be set by an environment variable (TFDP_NUM_WORKERS, "
                "TFDP_MAX_RESTARTS, TFDP_LOG_DIR, TFDP_TIMEOUT, TFDP_GRACE_PERIOD, TFDP_PORT, "
-               "TFDP_THREADS_PER_WORKER, TFDP_PIN, TFDP_NETWORK).")
+               "TFDP_THREADS_PER_WORKER, TFDP_PIN, TFDP_GPUS_PER_WORKER, TFDP_NETWORK).")
     parser.add_argument("--num_workers", type=int, default=_env_default("TFDP_NUM_WORKERS", None, int),
                         help="How many worker processes to start (required).")
     parser.add_argument("--max_restarts", type=int, default=_env_default("TFDP_MAX_RESTARTS", 0, int),
@@ -78,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
                              "workers x threads fit in this machine's cores. Off by default: on a 2-core "
                              "machine pinning 2 workers to 1 core each made them 3.5x slower, as their "
                              "gRPC and tf.data threads then share the compute core (docs/performance.md).")
+    parser.add_argument("--gpus_per_worker", type=int, default=_env_default("TFDP_GPUS_PER_WORKER", None, int),
+                        help="GPUs each worker sees (CUDA_VISIBLE_DEVICES, as torchrun's local ranks: worker i "
+                             "gets the i-th group of the visible GPUs). Default: the visible GPUs split evenly, "
+                             "nothing set when there are none. 0: the workers see no GPU.")
     parser.add_argument("--network", choices=["isolated", "host"], default=_env_default("TFDP_NETWORK", "isolated"),
                         help="isolated (default): the job runs in a network namespace of its own, so its "
                              "workers, whose TensorFlow gRPC servers listen on every interface without "
@@ -123,7 +128,43 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--pin on: {args.num_workers} workers x {args.threads_per_worker} threads need "
                      f"{args.num_workers * args.threads_per_worker} cores and this machine offers {cores}; "
                      "lower --threads_per_worker or use --pin auto")
+    try:
+        args.worker_gpus = worker_gpus(args.num_workers, args.gpus_per_worker)
+    except ValueError as e:
+        parser.error(str(e))
     return args
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this launcher may hand out: CUDA_VISIBLE_DEVICES if set, else the NVIDIA driver's."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip()]
+    try:
+        return [str(i) for i in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
+    except OSError:
+        return []
+
+
+def worker_gpus(num_workers: int, gpus_per_worker: int | None) -> list[str | None]:
+    """Each worker's CUDA_VISIBLE_DEVICES (None: leave it as it is).
+
+    Raises:
+        ValueError: more GPUs asked for than are visible.
+    """
+    gpus = visible_gpus()
+    if gpus_per_worker is None:
+        if not gpus:
+            return [None] * num_workers
+        if len(gpus) < num_workers:
+            raise ValueError(f"{num_workers} workers and {len(gpus)} visible GPU(s): give each worker a GPU with "
+                             f"--num_workers {len(gpus)}, or run on the CPU with --gpus_per_worker 0")
+        gpus_per_worker = len(gpus) // num_workers
+    if gpus_per_worker < 0 or gpus_per_worker * num_workers > len(gpus):
+        raise ValueError(f"--gpus_per_worker {gpus_per_worker}: {num_workers} workers x {gpus_per_worker} GPUs "
+                         f"need {num_workers * gpus_per_worker} and {len(gpus)} are visible "
+                         f"({','.join(gpus) or 'none'}); lower it, or 0 for the CPU")
+    return [",".join(gpus[i * gpus_per_worker:(i + 1) * gpus_per_worker]) for i in range(num_workers)]
 
 
 def available_cores() -> list[int]:
@@ -202,12 +243,26 @@ def _describe(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
+# TensorFlow's coordination service names tasks that stopped sending heartbeats.
+_UNHEALTHY = re.compile(r"unhealthy.*?/job:worker/replica:0/task:(\d+)", re.IGNORECASE)
+
+
+def _process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of a process (R, S, T for stopped, Z), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 class Launcher:
     """Starts, watches and stops one attempt of the job at a time."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.workers: list[Worker] = []
+        self.stopped: list[int] = []
         self.lock = threading.Lock()
         self.stop_signal: int | None = None
         self.seed = os.environ.get(SEED_ENV) or str(random.randrange(2**31))
@@ -223,6 +278,8 @@ class Launcher:
             env = dict(os.environ, TF_CONFIG=TFConfig.local_workers(ports, i).to_json(),
                        TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads,
                        **{RESTART_COUNT_ENV: str(attempt), SEED_ENV: self.seed, "PYTHONUNBUFFERED": "1"})
+            if self.args.worker_gpus[i] is not None:
+                env["CUDA_VISIBLE_DEVICES"] = self.args.worker_gpus[i]
             process = subprocess.Popen(self.args.command, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, errors="replace",
                                        start_new_session=True,
@@ -241,6 +298,7 @@ class Launcher:
             codes = [w.process.poll() for w in self.workers]
             failed = [w for w, code in zip(self.workers, codes) if code not in (None, 0)]
             if failed:
+                self.stopped = [w.index for w in self.workers if _process_state(w.process.pid) == "T"]
                 return "failed", failed[0]
             if all(code == 0 for code in codes):
                 return "ok", None
@@ -273,6 +331,20 @@ class Launcher:
         tail = "\n".join(f"    {line}" for line in worker.tail)
         print(f"tfdp-launch: worker {worker.index} failed first ({_describe(worker.process.returncode)}); "
               f"its last output:\n{tail}", file=sys.stderr)
+        culprit = self.culprit()
+        if culprit is not None and culprit[0] != worker.index:
+            print(f"tfdp-launch: the cause is worker {culprit[0]}: {culprit[1]}", file=sys.stderr)
+
+    def culprit(self) -> tuple[int, str] | None:
+        """(worker, why) when a worker other than the first to fail stalled the job, else None."""
+        if self.stopped:
+            return self.stopped[0], "it was stopped (SIGSTOP or a debugger) while its peers waited for it"
+        for w in self.workers:
+            for line in w.tail:
+                match = _UNHEALTHY.search(line)
+                if match:
+                    return int(match.group(1)), f"TensorFlow reports it unhealthy (worker {w.index}'s output)"
+        return None
 
 
 def _isolate_network(args: argparse.Namespace) -> bool:
