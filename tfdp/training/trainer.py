@@ -156,8 +156,9 @@ class Trainer:
             self.model_dir = ModelDir(model_dir, state=state, position=self.position, chief=self._chief,
                                       max_checkpoints=max_checkpoints)
         self._resume_pending = self.model_dir is not None
-        self._metrics_resolved = not any(isinstance(m, str) or not isinstance(m, keras.metrics.Metric)
-                                         for m in self._metric_identifiers)
+        # With compute_loss there are no (y, y_pred) to update metrics with, nor to resolve names by.
+        self._metrics_resolved = compute_loss is not None or all(
+            isinstance(m, keras.metrics.Metric) for m in self._metric_identifiers)
         self._train_loop = loops.train_loop(self.step, strategy, self.grad_accum_steps)
         self._eval_loop = loops.eval_loop(self.step, strategy)
         self._skip_loop = loops.skip_loop()
