@@ -95,8 +95,8 @@ def test_only_the_chief_writes_the_users_files_and_prints_progress(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     chief, worker = results
     assert sorted(p.name for p in shared.iterdir()) == ["backup", "ckpt-1.weights.h5", "ckpt-2.weights.h5", "tb"]
-    assert sorted(p.name for p in (shared / "backup").iterdir()) == ["latest.weights.h5",
-                                                                     "training_metadata.json"]
+    assert sorted(p.name for p in (shared / "backup").iterdir()) == [  # the previous backup is kept too
+        "latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json", "training_metadata.json.bkp"]
     assert (shared / "tb" / "train").is_dir()
     assert "Epoch 2/2" in chief.stdout and "Epoch" not in worker.stdout
     assert not [p for p in private_tmp.iterdir() if p.name.startswith("tfdp-worker-")]  # removed
