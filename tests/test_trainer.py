@@ -343,3 +343,30 @@ def test_workers_restoring_different_checkpoints_is_a_config_error_not_a_hang(tm
     for r in results:
         assert r.returncode == 0, r.stderr[-3000:]
         assert "CONFIG_ERROR" in r.stdout and "filesystem every worker shares" in r.stdout
+
+
+def test_sigterm_to_the_launcher_saves_at_an_agreed_step_and_the_next_run_resumes_exactly(tmp_path):
+    """What a scheduler does before preempting: SIGTERM (here mid-epoch, from worker 0 to tfdp-launch)."""
+    marker = tmp_path / "preempted"
+    worker = WORKER.replace(
+        "os.kill(os.getpid(), signal.SIGKILL)",
+        f"(os.path.exists({str(marker)!r}) or (open({str(marker)!r}, 'w').close(), "
+        "os.kill(os.getppid(), signal.SIGTERM)))")
+    env = {**_env(None), "OPTIONS": json.dumps({"fit": {"steps_per_epoch": 4}}), "OPTIMIZER": "adam",
+           "KILL_EPOCH": "1", "KILL_STEP": "1"}
+    command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--grace_period", "60", "--",
+               sys.executable, "-c", worker, str(tmp_path)]
+    first = subprocess.run(command, timeout=300, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    assert "preempted (SIGTERM): saved epoch 1 step" in first.stdout
+    assert "worker 0 exit code 75, worker 1 exit code 75" in first.stderr  # both saved and exited
+    second = subprocess.run(command, timeout=300, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "at epoch 1 step" in second.stdout
+    expected, iterations = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=3,
+                                      optimizer="adam", steps_per_epoch=4)
+    reports = [json.loads(line.split("RESULT ", 1)[1]) for line in second.stdout.splitlines() if "RESULT " in line]
+    assert len(reports) == 2
+    for report in reports:
+        assert_close([np.array(w) for w in report["weights"]], expected)
+        assert report["iterations"] == iterations == 12

@@ -16,7 +16,7 @@ from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 from tfdp.roles import is_chief
-from tfdp.training import loops, precision
+from tfdp.training import loops, precision, preemption
 from tfdp.training.all_reduce import ALL_REDUCE_DTYPES
 from tfdp.training.model_dir import ModelDir, Position
 from tfdp.training.replica_step import ReplicaStep, per_example_loss_fn
@@ -156,6 +156,7 @@ class Trainer:
             self.model_dir = ModelDir(model_dir, state=state, position=self.position, chief=self._chief,
                                       max_checkpoints=max_checkpoints)
         self._resume_pending = self.model_dir is not None
+        self._preemption: preemption.PreemptionWatch | None = None
         # With compute_loss there are no (y, y_pred) to update metrics with, nor to resolve names by.
         self._metrics_resolved = compute_loss is not None or all(
             isinstance(m, keras.metrics.Metric) for m in self._metric_identifiers)
@@ -262,6 +263,18 @@ class Trainer:
             initial_epoch, start_step, skip_batches = resumed
         callback_list = self._callbacks(callbacks, verbose=verbose, epochs=epochs, steps=steps_per_epoch)
         self.model.stop_training = False
+        if self.model_dir is None:  # nowhere to save: SIGTERM keeps its usual meaning
+            return self._fit_epochs(distributed, initial_epoch, epochs, start_step, skip_batches, steps_per_epoch,
+                                    validation_data, validation_freq, callback_list)
+        with preemption.PreemptionWatch(self.strategy) as self._preemption:
+            try:
+                return self._fit_epochs(distributed, initial_epoch, epochs, start_step, skip_batches,
+                                        steps_per_epoch, validation_data, validation_freq, callback_list)
+            finally:
+                self._preemption = None
+
+    def _fit_epochs(self, distributed, initial_epoch, epochs, start_step, skip_batches, steps_per_epoch,
+                    validation_data, validation_freq, callback_list) -> keras.callbacks.History:
         callback_list.on_train_begin()
         iterator, batches_read, logs = None, 0, {}
         for epoch in range(initial_epoch, epochs):
@@ -317,6 +330,14 @@ class Trainer:
                 if steps_per_epoch is None:
                     break
                 iterator, batches_read, fresh = iter(distributed), 0, True  # read the data again
+            if self._preemption is not None and self._preemption.should_stop():
+                self.position.set(epoch, step, batches_read)
+                self._save()
+                message = (f"preempted (SIGTERM): saved epoch {epoch} step {step} to {self.model_dir.path}; "
+                           f"exiting with {preemption.PREEMPTED_EXIT_CODE}, the next run resumes there")
+                if self._chief:
+                    print(f"tfdp: {message}", flush=True)
+                raise preemption.Preempted(message)
             if self.model.stop_training:
                 break
         return iterator, batches_read, step
