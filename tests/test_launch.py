@@ -106,6 +106,17 @@ def test_timeout_stops_the_job():
     assert seconds < 30
 
 
+def _lines_with(stream, text: str, *, count: int, seconds: float = 30) -> list[str]:
+    """The first `count` lines of `stream` that contain `text`, read for at most `seconds` (fewer if they never come)."""
+    found, deadline = [], time.monotonic() + seconds
+    while len(found) < count and time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], 1.0)
+        line = stream.readline() if ready else ""
+        if text in line:
+            found.append(line)
+    return found
+
+
 def _alive(pid):
     """Running (a zombie waiting to be reaped by whoever adopted it counts as ended)."""
     try:
@@ -125,12 +136,8 @@ def test_sigterm_to_the_launcher_leaves_no_process_behind():
                                 start_new_session=True)
     pids = []
     try:
-        deadline = time.monotonic() + 30
-        while not pids and time.monotonic() < deadline:  # worker 0 (it ignores SIGTERM)
-            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
-            line = launcher.stdout.readline() if ready else ""
-            if "hello 0" in line:
-                pids.append(int(line.split("pid")[1]))
+        # worker 0 (it ignores SIGTERM)
+        pids = [int(line.split("pid")[1]) for line in _lines_with(launcher.stdout, "hello 0", count=1)]
         assert pids, "worker 0 never started"
         launcher.send_signal(signal.SIGTERM)
         launcher.wait(timeout=30)
@@ -149,12 +156,7 @@ def test_sigkill_of_the_launcher_kills_every_worker_within_5_seconds():
                                 stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(None))
     pids = []
     try:
-        deadline = time.monotonic() + 30
-        while len(pids) < 2 and time.monotonic() < deadline:
-            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
-            line = launcher.stdout.readline() if ready else ""
-            if line.startswith("[worker") and "hello" in line:
-                pids.append(int(line.split("pid")[1]))
+        pids = [int(line.split("pid")[1]) for line in _lines_with(launcher.stdout, "hello", count=2)]
         assert len(pids) == 2, "the workers never started"
         launcher.kill()
         launcher.wait(timeout=30)
@@ -202,12 +204,7 @@ def test_a_running_job_listens_on_no_interface_of_the_host(network):
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None), start_new_session=True)
     ports = []
     try:
-        deadline = time.monotonic() + 30
-        while len(ports) < 2 and time.monotonic() < deadline:
-            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
-            line = launcher.stdout.readline() if ready else ""
-            if "listening" in line:
-                ports.append(int(line.split("listening")[1]))
+        ports = [int(line.split("listening")[1]) for line in _lines_with(launcher.stdout, "listening", count=2)]
         assert len(ports) == 2, "the workers never listened"
         visible = [port for port in ports if port in _host_listeners()]
     finally:
@@ -268,12 +265,7 @@ def test_a_killed_jobs_private_dirs_are_removed_at_the_next_start(tmp_path):
                                 stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(env))
     paths = []
     try:
-        deadline = time.monotonic() + 30
-        while len(paths) < 2 and time.monotonic() < deadline:
-            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
-            line = launcher.stdout.readline() if ready else ""
-            if "private" in line:
-                paths.append(line.split("private", 1)[1].strip())
+        paths = [line.split("private", 1)[1].strip() for line in _lines_with(launcher.stdout, "private", count=2)]
     finally:
         launcher.kill()
         launcher.wait(timeout=30)
@@ -365,13 +357,9 @@ def test_a_stopped_worker_is_named_as_the_cause():
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None), start_new_session=True)
     stopped = None
     try:
-        deadline = time.monotonic() + 90
-        while stopped is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
-            line = launcher.stdout.readline() if ready else ""
-            if line.startswith("[worker 1] step 3"):
-                stopped = int(line.split("pid")[1])
-                os.kill(stopped, signal.SIGSTOP)
+        for line in _lines_with(launcher.stdout, "[worker 1] step 3", count=1, seconds=90):
+            stopped = int(line.split("pid")[1])
+            os.kill(stopped, signal.SIGSTOP)
         assert stopped, "worker 1 never reached step 3"
         _, stderr = launcher.communicate(timeout=120)
     finally:
