@@ -16,6 +16,8 @@ def define_strategy_flags() -> None:
     flags.DEFINE_integer("num_cpu_replicas", None, "Split the CPU into this many replicas.", lower_bound=1)
     flags.DEFINE_enum("communication", "auto", COMMUNICATIONS, "All-reduce implementation.")
     flags.DEFINE_float("collective_timeout", None, "Seconds before a multi-worker collective fails.")
+    flags.DEFINE_float("startup_timeout", None, "Seconds to wait for every task of TF_CONFIG to start "
+                       "(default 300).")
 
 
 def define_training_flags(*, global_batch_size: int, epochs: int, learning_rate: float) -> None:
@@ -46,7 +48,8 @@ def create_strategy_from_flags() -> "tfdp.strategy.tf.distribute.Strategy":
     """The strategy the flags ask for (call first: it may start the TF runtime)."""
     return tfdp.create_strategy(FLAGS.strategy, num_cpu_replicas=FLAGS.num_cpu_replicas,
                                 communication=FLAGS.communication,
-                                timeout_seconds=FLAGS.collective_timeout)
+                                timeout_seconds=FLAGS.collective_timeout,
+                                startup_timeout_seconds=FLAGS.startup_timeout)
 
 
 def learning_rate_from_flags(keras, *, steps_per_epoch: int):

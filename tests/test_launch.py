@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -311,6 +312,48 @@ def test_multi_worker_fit_restarts_from_its_backup_and_ends_like_an_uninterrupte
         np.testing.assert_allclose(np.array(got), want, atol=1e-5, rtol=0)
 
 
+PREEMPTED_FIT_WORKER = """
+import json, os, signal, sys, time, keras, tfdp
+from tests.models import dict_data, dict_model, train
+strategy = tfdp.create_strategy()
+marker = os.path.join(sys.argv[1], "preempted")
+
+class PreemptOnce(keras.callbacks.Callback):  # what a scheduler does: SIGTERM to the job, mid-epoch
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == 1 and tfdp.is_chief(strategy) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getppid(), signal.SIGTERM)
+            time.sleep(3)  # the launcher passes it on to both workers meanwhile
+
+model, _ = train(strategy, dict_model, dict_data(45), epochs=3, optimizer=lambda: keras.optimizers.Adam(0.01),
+                 fit_kwargs=dict(callbacks=[keras.callbacks.BackupAndRestore(os.path.join(sys.argv[1], "backup")),
+                                            PreemptOnce()]))
+if tfdp.is_chief(strategy):
+    with open(os.path.join(sys.argv[1], "weights.json"), "w") as f:
+        json.dump([w.tolist() for w in model.get_weights()], f)
+"""
+
+
+def test_sigterm_during_multi_worker_fit_saves_a_backup_and_the_rerun_ends_like_an_uninterrupted_run(tmp_path):
+    args = ["--num_workers", "2", "--grace_period", "60", "--", sys.executable, "-c", PREEMPTED_FIT_WORKER,
+            str(tmp_path)]
+    first, _ = launch(args, timeout=300)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    assert "preempted (SIGTERM): saved epoch 1 step" in first.stdout
+    assert "worker 0 exit code 75, worker 1 exit code 75" in first.stderr  # both saved and exited
+    assert not (tmp_path / "weights.json").exists()
+    second, _ = launch(args, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    reference, _ = train(tfdp.create_strategy("one_device", devices=["/cpu:0"]), dict_model, dict_data(45),
+                         epochs=3, optimizer=lambda: keras.optimizers.Adam(0.01))
+    weights = json.loads((tmp_path / "weights.json").read_text())
+    for got, want in zip(weights, reference.get_weights()):
+        np.testing.assert_allclose(np.array(got), want, atol=1e-5, rtol=0)
+
+
 STUCK_WORKER = """
 import json, os, sys, time
 import tensorflow as tf, tfdp
@@ -335,6 +378,10 @@ def test_a_stuck_worker_ends_the_job_through_the_collective_timeout():
     assert result.returncode == 5
     assert "worker 0 failed first (exit code 5)" in result.stderr
     assert "collective timed out after" in result.stderr
+    # Named, with where it sat: the line of STUCK_WORKER that sleeps.
+    sleep_line = 1 + STUCK_WORKER.splitlines().index("            time.sleep(600)  # alive, but never joins the next collective")
+    assert ("the cause is worker 1: it was still running, outside the collective its peers timed out in, at: "
+            f'File "<string>", line {sleep_line} in <module>') in result.stderr, result.stderr[-3000:]
     assert seconds < 60  # not the 600 s the stuck worker would sit there
 
 
@@ -370,6 +417,25 @@ def test_a_stopped_worker_is_named_as_the_cause():
             os.kill(stopped, signal.SIGKILL)
     assert launcher.returncode != 0
     assert "worker 0 failed first" in stderr and "the cause is worker 1: it was stopped" in stderr
+
+
+def test_sigterm_stops_tensorflow_workers_at_once_not_after_the_grace_period():
+    """TensorFlow's coordination service traps SIGTERM; tfdp gives it back its default action."""
+    command = [*LAUNCH, "--num_workers", "2", "--grace_period", "100", "--", sys.executable, "-c", LOOPING_WORKER]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the deadlines below, then SIGKILL
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None), start_new_session=True)
+    try:
+        assert _lines_with(launcher.stdout, "step 3", count=2, seconds=90), "the workers never reached step 3"
+        signalled = time.monotonic()
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=120)
+        seconds = time.monotonic() - signalled
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert "worker 0 killed by signal SIGTERM, worker 1 killed by signal SIGTERM" in stderr, stderr[-2000:]
+    assert seconds < 30  # not the 100 s grace period
 
 
 GPU_WORKER = """

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import signal
+import time
 
 import pytest
 import tensorflow as tf
@@ -177,3 +179,29 @@ def test_remote_addresses_get_a_security_warning(caplog):
         assert not caplog.records
         warn_about_remote_addresses(remote)
     assert "10.1.2.3:2222" in caplog.text and "isolated network" in caplog.text
+
+
+STARTUP_WORKER = """
+import sys, time, tfdp
+start = time.monotonic()
+try:
+    tfdp.create_strategy("multi_worker", startup_timeout_seconds=8)
+except tfdp.ConfigError as e:  # TensorFlow gave up first
+    print(f"CONFIG_ERROR after {time.monotonic() - start:.0f} s: {e}", file=sys.stderr)
+    sys.exit(3)
+print("made a strategy without its peer")
+"""
+
+
+@pytest.mark.parametrize("alone", [0, 1])  # the coordination leader, and a task waiting for the leader
+def test_a_peer_that_never_starts_ends_start_up_in_the_timeout_naming_its_address(alone):
+    from tfdp.launch import free_ports
+    ports = free_ports(2)
+    tf_config = tfdp.cluster.TFConfig.local_workers(ports, alone)
+    started = time.monotonic()
+    result = run_python(STARTUP_WORKER, env={"TF_CONFIG": tf_config.to_json()}, timeout=120)
+    assert time.monotonic() - started < 60
+    missing = f"worker {1 - alone} (127.0.0.1:{ports[1 - alone]}) never accepted a connection"
+    assert result.returncode in (3, -signal.SIGKILL), result.stderr[-3000:]  # SIGKILL: from the watchdog
+    assert missing in result.stderr and "startup_timeout_seconds" in result.stderr
+    assert "made a strategy" not in result.stdout

@@ -31,12 +31,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tfdp import netns
+from tfdp import netns, stacks
 from tfdp.cluster import SEED_ENV, TFConfig
 
 RESTART_COUNT_ENV = "TFDP_RESTART_COUNT"
 TAIL_LINES = 20
 POLL_SECONDS = 0.05
+STACK_DUMP_SECONDS = 2.0  # how long a still-running worker gets to print where it is
+# What a worker prints when a collective it waited in timed out (TensorFlow's words).
+_COLLECTIVE_TIMEOUT = re.compile(r"DeadlineExceeded|Deadline Exceeded|collective timed out|timed out", re.IGNORECASE)
 
 
 def _env_default(name: str, default, kind=str):
@@ -218,6 +221,7 @@ class Worker:
     index: int
     process: subprocess.Popen
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
     reader: threading.Thread | None = None
 
 
@@ -226,6 +230,7 @@ def _stream(worker: Worker, log_path: str | None, lock: threading.Lock) -> None:
     try:
         for line in worker.process.stdout:
             worker.tail.append(line.rstrip("\n"))
+            worker.recent.append(line.rstrip("\n"))
             with lock:
                 sys.stdout.write(f"[worker {worker.index}] {line}")
                 sys.stdout.flush()
@@ -263,6 +268,7 @@ class Launcher:
         self.args = args
         self.workers: list[Worker] = []
         self.stopped: list[int] = []
+        self.stuck: dict[int, list[str]] = {}  # still running when a peer's collective timed out: where
         self.lock = threading.Lock()
         self.stop_signal: int | None = None
         self.seed = os.environ.get(SEED_ENV) or str(random.randrange(2**31))
@@ -299,12 +305,30 @@ class Launcher:
             failed = [w for w, code in zip(self.workers, codes) if code not in (None, 0)]
             if failed:
                 self.stopped = [w.index for w in self.workers if _process_state(w.process.pid) == "T"]
+                self.stuck = self._where_stuck(failed[0]) if not self.stopped else {}
                 return "failed", failed[0]
             if all(code == 0 for code in codes):
                 return "ok", None
             if deadline is not None and time.monotonic() > deadline:
                 return "timeout", None
             time.sleep(POLL_SECONDS)
+
+    def _where_stuck(self, failed: Worker) -> dict[int, list[str]]:
+        """After a collective timeout: where each worker still running is (its stack dump)."""
+        if failed.reader:
+            failed.reader.join(timeout=2)  # its last words, complete
+        if not any(_COLLECTIVE_TIMEOUT.search(line) for line in failed.tail):
+            return {}
+        running = [w for w in self.workers if w.process.poll() is None]
+        for w in running:
+            w.recent.clear()
+            try:
+                os.kill(w.process.pid, stacks.DUMP_SIGNAL)
+            except ProcessLookupError:
+                pass
+        time.sleep(STACK_DUMP_SECONDS)
+        return {w.index: stacks.main_thread_frames(list(w.recent)) for w in running
+                if w.process.poll() is None}
 
     def stop_all(self) -> None:
         """SIGTERM every worker's process group, SIGKILL what is left after the grace period."""
@@ -344,6 +368,9 @@ class Launcher:
                 match = _UNHEALTHY.search(line)
                 if match:
                     return int(match.group(1)), f"TensorFlow reports it unhealthy (worker {w.index}'s output)"
+        for index, frames in self.stuck.items():
+            where = "; ".join(frames) or "no Python stack printed (it did not call tfdp.create_strategy)"
+            return index, (f"it was still running, outside the collective its peers timed out in, at: {where}")
         return None
 
 

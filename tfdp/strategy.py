@@ -13,7 +13,8 @@ import os
 import zlib
 from collections.abc import Sequence
 
-from tfdp import _compat, keras_fixes
+from tfdp import _compat, keras_fixes, preemption, stacks
+from tfdp.startup import StartupWatchdog
 from tfdp import cluster as cluster_lib
 from tfdp.roles import is_chief, num_workers
 from tfdp._requirements import import_tensorflow
@@ -28,6 +29,8 @@ COMMUNICATIONS = ("auto", "ring", "nccl")
 # Bounds every collective of a multi_worker strategy unless the caller says otherwise,
 # so a worker that is alive but stuck ends the job instead of hanging its peers.
 DEFAULT_MULTI_WORKER_TIMEOUT_SECONDS = 300.0
+# Bounds waiting for every task of TF_CONFIG to start (a scheduler may start them minutes apart).
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 300.0
 
 logger = logging.getLogger("tfdp")
 
@@ -37,8 +40,15 @@ _ORDERING_RULE = (
     "its devices and collective runtime the first time it runs anything).")
 
 
+def _check_seconds(field: str, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0):
+        raise ConfigError(f"create_strategy({field}={value!r}): must be a number of seconds > 0, or None "
+                          "for the default.")
+
+
 def _check_arguments(name: str, num_cpu_replicas: int | None, devices: Sequence[str] | None,
-                     communication: str, timeout_seconds: float | None) -> None:
+                     communication: str, timeout_seconds: float | None,
+                     startup_timeout_seconds: float | None) -> None:
     check_choice("create_strategy(name)", name, STRATEGY_NAMES)
     check_choice("create_strategy(communication)", communication, COMMUNICATIONS)
     if num_cpu_replicas is not None and (
@@ -53,10 +63,8 @@ def _check_arguments(name: str, num_cpu_replicas: int | None, devices: Sequence[
     if devices is not None and num_cpu_replicas is not None:
         raise ConfigError("create_strategy: give devices or num_cpu_replicas, not both "
                           "(num_cpu_replicas=N already means devices /cpu:0 ... /cpu:N-1).")
-    if timeout_seconds is not None and (isinstance(timeout_seconds, bool) or not isinstance(
-            timeout_seconds, numbers.Real) or timeout_seconds <= 0):
-        raise ConfigError(f"create_strategy(timeout_seconds={timeout_seconds!r}): must be a number of "
-                          "seconds > 0, or None for the default.")
+    _check_seconds("timeout_seconds", timeout_seconds)
+    _check_seconds("startup_timeout_seconds", startup_timeout_seconds)
     if name == "one_device" and devices is not None and len(devices) != 1:
         raise ConfigError(f'create_strategy("one_device", devices={list(devices)}): takes exactly one '
                           'device; use "mirrored" for several.')
@@ -138,7 +146,7 @@ def _agree_on_random_seed(tf_config: cluster_lib.TFConfig | None) -> None:
 
 
 def _multi_worker(tf_config: cluster_lib.TFConfig | None, communication: str,
-                  timeout_seconds: float | None):
+                  timeout_seconds: float | None, startup_timeout_seconds: float | None):
     if tf_config is not None:
         extra = [job for job in tf_config.cluster if job not in cluster_lib.TRAINING_TASK_TYPES]
         if extra:
@@ -155,6 +163,17 @@ def _multi_worker(tf_config: cluster_lib.TFConfig | None, communication: str,
         implementation=implementation,
         timeout_seconds=DEFAULT_MULTI_WORKER_TIMEOUT_SECONDS if timeout_seconds is None
         else float(timeout_seconds))
+    if tf_config is None or tf_config.num_tasks < 2:
+        return _make_multi_worker(options)
+    watchdog = StartupWatchdog(tf_config, seconds=startup_timeout_seconds or DEFAULT_STARTUP_TIMEOUT_SECONDS)
+    with watchdog:
+        try:
+            return _make_multi_worker(options)
+        except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError):
+            raise watchdog.error() from None
+
+
+def _make_multi_worker(options) -> tf.distribute.Strategy:
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except RuntimeError as e:
@@ -167,7 +186,8 @@ def _multi_worker(tf_config: cluster_lib.TFConfig | None, communication: str,
 
 def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
                     devices: Sequence[str] | None = None, communication: str = "auto",
-                    timeout_seconds: float | None = None) -> tf.distribute.Strategy:
+                    timeout_seconds: float | None = None,
+                    startup_timeout_seconds: float | None = None) -> tf.distribute.Strategy:
     """Creates a `tf.distribute.Strategy` by name.
 
     Call it first thing in the program: it may split the CPU into logical devices or
@@ -184,6 +204,10 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
         timeout_seconds: bounds every multi-worker collective, so a stuck worker ends the
             job; None means 300 s for "multi_worker". Single-process strategies cannot
             lose a peer and ignore it.
+        startup_timeout_seconds: bounds waiting for every task of TF_CONFIG to start
+            ("multi_worker"); None means 300 s. When it passes, tfdp prints which tasks
+            never answered and ends the process with SIGKILL (TensorFlow waits holding
+            the GIL, so nothing gentler can interrupt it).
 
     Returns:
         The strategy; build and compile models inside `strategy.scope()`. The repairs
@@ -193,7 +217,8 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
     Raises:
         ConfigError: a bad argument or TF_CONFIG, or a call after TensorFlow started.
     """
-    _check_arguments(name, num_cpu_replicas, devices, communication, timeout_seconds)
+    _check_arguments(name, num_cpu_replicas, devices, communication, timeout_seconds,
+                     startup_timeout_seconds)
     tf_config = cluster_lib.TFConfig.from_env()
     resolved = _resolve_name(name, tf_config, num_cpu_replicas, devices)
     if num_cpu_replicas is not None:
@@ -201,8 +226,10 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
     has_gpus = bool(tf.config.list_physical_devices("GPU"))
 
     if resolved == "multi_worker":
-        strategy = _multi_worker(tf_config, communication, timeout_seconds)
+        strategy = _multi_worker(tf_config, communication, timeout_seconds, startup_timeout_seconds)
         _agree_on_random_seed(tf_config)
+        preemption.restore_default_sigterm()
+        stacks.enable_dump_on_signal()
     elif resolved == "mirrored":
         if devices is None and not has_gpus:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]

@@ -15,7 +15,10 @@ their `.bkp` copies, `delete_checkpoint`); the previous backup is kept as `.bkp`
   renamed last, records the CRC-32 of the weights it belongs to: a kill between the two
   renames leaves a pair that does not match, and loading then rolls forward (the new
   metadata is complete) or falls back to the `.bkp` pair;
-- a resumed epoch skips (reads past, without training) the steps the backup holds.
+- a resumed epoch skips (reads past, without training) the steps the backup holds;
+- SIGTERM during fit saves a backup at a step all workers agree on and exits with
+  `tfdp.preemption.PREEMPTED_EXIT_CODE` (what Keras's docstring calls
+  `save_before_preemption`, which Keras 3 does not implement; see tfdp/preemption.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import zlib
 
 import keras
 
+from tfdp import preemption
 from tfdp.errors import ConfigError
 from tfdp.keras_fixes._base import Fix, Undo, check_methods, patch
 from tfdp.keras_fixes._worker_files import on_chief, private_dir, remove_private_dir
@@ -42,6 +46,8 @@ _TMP = ".tmp"
 
 # callback -> {"steps_done": steps of the current epoch trained, "skip": steps to read past}
 _progress: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+# callback -> the SIGTERM watch of the fit it is in
+_watches: "weakref.WeakKeyDictionary[object, preemption.PreemptionWatch]" = weakref.WeakKeyDictionary()
 
 
 def _crc32(path: str) -> int:
@@ -150,6 +156,26 @@ def _epoch_begin(self, epoch, logs=None):
     model.train_function = skipping_train_function
 
 
+def _stop_watching(callback) -> None:
+    watch = _watches.pop(callback, None)
+    if watch is not None:
+        watch.__exit__(None, None, None)
+
+
+def _save_and_exit(callback, batch: int) -> None:
+    """Saves the backup at this step (every worker stops at the same one) and exits."""
+    callback._last_batch_seen = batch
+    _save(callback)
+    _stop_watching(callback)
+    remove_private_dir(callback)
+    message = (f"preempted (SIGTERM): saved epoch {callback._current_epoch} step {batch + 1} to "
+               f"{callback.backup_dir}; exiting with {preemption.PREEMPTED_EXIT_CODE}, the next run "
+               "resumes there")
+    if on_chief(callback):
+        print(f"tfdp: {message}", flush=True)
+    raise preemption.Preempted(message)
+
+
 def _apply() -> Undo:
     callback = keras.callbacks.BackupAndRestore
     stock_batch_end, stock_epoch_end = callback.on_train_batch_end, callback.on_epoch_end
@@ -157,16 +183,22 @@ def _apply() -> Undo:
 
     def on_train_begin(self, logs=None):
         self._load_model()
+        _stop_watching(self)
+        _watches[self] = preemption.PreemptionWatch(self.model.distribute_strategy).__enter__()
 
     def on_train_batch_end(self, batch, logs=None):
         _progress.setdefault(self, {"steps_done": 0, "skip": 0})["steps_done"] = batch + 1
         stock_batch_end(self, batch, logs)
+        watch = _watches.get(self)
+        if watch is not None and watch.should_stop():
+            _save_and_exit(self, batch)
 
     def on_epoch_end(self, epoch, logs=None):
         _progress.setdefault(self, {"steps_done": 0, "skip": 0})["steps_done"] = 0
         stock_epoch_end(self, epoch, logs)
 
     def on_train_end(self, logs=None):
+        _stop_watching(self)
         if on_chief(self):
             stock_train_end(self, logs)
         remove_private_dir(self)

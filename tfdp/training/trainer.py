@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-from tfdp import _compat
+from tfdp import _compat, preemption
 from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 from tfdp.roles import is_chief
-from tfdp.training import loops, precision, preemption
+from tfdp.training import loops, precision
 from tfdp.training.all_reduce import ALL_REDUCE_DTYPES
 from tfdp.training.model_dir import ModelDir, Position
 from tfdp.training.replica_step import ReplicaStep, per_example_loss_fn

@@ -1,11 +1,17 @@
-"""Preemption: SIGTERM during Trainer.fit ends it at a step every worker agrees on, after a save.
+"""Preemption: SIGTERM during a fit that can save ends it at a step every worker agrees on.
 
 A scheduler (SLURM, Kubernetes, a cloud's spot reclaim, tfdp-launch passing on its own
-SIGTERM) sends SIGTERM before it kills. While fit runs with a model_dir, tfdp notes the
-signal instead of dying; after each chunk of steps the workers all-reduce whether any of
-them got it (one scalar collective per chunk, on several workers only), so all stop after
-the same step, save the checkpoint with the data position, and exit with
+SIGTERM) sends SIGTERM before it kills. While a fit runs that has somewhere to save
+(Trainer.fit with a model_dir, model.fit with a BackupAndRestore callback), tfdp notes
+the signal instead of dying; after each chunk of steps the workers all-reduce whether
+any of them got it (one scalar collective per chunk, on several workers only), so all
+stop after the same step, save with the data position, and exit with
 PREEMPTED_EXIT_CODE. The next run resumes from that save, step-exact.
+
+Outside such a fit SIGTERM ends the process, as it does any program: TensorFlow's
+coordination service catches SIGTERM on multi-worker tasks (for its own
+PreemptionCheckpointHandler, which Keras 3 does not use), which would make every stop
+wait for the launcher's SIGKILL; `restore_default_sigterm` undoes that.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
 
 
 class Preempted(SystemExit):
-    """Raised by Trainer.fit after the preemption save; exits with PREEMPTED_EXIT_CODE unless caught."""
+    """Raised by a fit after the preemption save; exits with PREEMPTED_EXIT_CODE unless caught."""
 
     def __init__(self, message: str):
         super().__init__(PREEMPTED_EXIT_CODE)
@@ -62,3 +68,14 @@ class PreemptionWatch:
             return self.signalled
         total = self._all_reduce(tf.constant(1.0 if self.signalled else 0.0))
         return float(self.strategy.experimental_local_results(total)[0]) > 0
+
+
+def restore_default_sigterm() -> None:
+    """Gives SIGTERM back its default action (end the process) unless the program set its own.
+
+    TensorFlow installs a C++ SIGTERM handler with its coordination service; Python still
+    reports SIG_DFL then, so setting SIG_DFL again is what removes TensorFlow's.
+    """
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
