@@ -205,3 +205,22 @@ def test_a_peer_that_never_starts_ends_start_up_in_the_timeout_naming_its_addres
     assert result.returncode in (3, -signal.SIGKILL), result.stderr[-3000:]  # SIGKILL: from the watchdog
     assert missing in result.stderr and "startup_timeout_seconds" in result.stderr
     assert "made a strategy" not in result.stdout
+
+
+def test_a_google_cloud_tf_config_with_an_evaluator_builds_multi_worker_from_auto():
+    """chief + 2 workers with Cloud's extra keys, and a side evaluator that trains with nobody."""
+    from tfdp.launch import free_ports
+    from tests.workers import run_processes
+    ports = [f"127.0.0.1:{p}" for p in free_ports(4)]
+    cluster = {"chief": ports[:1], "worker": ports[1:3], "evaluator": ports[3:]}
+    tasks = [("chief", 0), ("worker", 0), ("worker", 1), ("evaluator", 0)]
+    envs = [{"TF_CONFIG": json.dumps({"cluster": cluster, "environment": "cloud", "job": {"scale_tier": "CUSTOM"},
+                                      "task": {"type": job, "index": index, "trial": "", "cloud": "x-ml"}})}
+            for job, index in tasks]
+    results = run_processes([WORKER] * 4, envs=envs, timeout=180)
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    reports = [r.json_lines()[0] for r in results]
+    assert [rep["mwms"] for rep in reports] == [True] * 4
+    assert [rep["total"] for rep in reports] == [3.0, 3.0, 3.0, 1.0]  # the evaluator is not in the all-reduce
+    assert [rep["chief"] for rep in reports] == [True, False, False, True]  # an evaluator writes its own files

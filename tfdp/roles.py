@@ -56,4 +56,6 @@ def num_workers(strategy: "tf.distribute.Strategy | None" = None) -> int:
             any scope reads TF_CONFIG (no TF_CONFIG: 1).
     """
     tf_config = _tf_config_of(_strategy_in_scope(strategy))
-    return 1 if tf_config is None else max(tf_config.num_workers, 1)
+    if tf_config is None or tf_config.task_type == "evaluator":  # an evaluator works alone
+        return 1
+    return max(tf_config.num_workers, 1)

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tfdp.cluster import TFConfig
+from tfdp.cluster import TRAINING_TASK_TYPES, TFConfig
 from tfdp.errors import ConfigError
 
 PROBE_SECONDS = 0.5
@@ -42,6 +42,7 @@ class Peers:
     def __init__(self, tf_config: TFConfig):
         own = (tf_config.task_type, tf_config.task_index)
         self.tasks = [(job, index, address) for job, addresses in tf_config.cluster.items()
+                      if job in TRAINING_TASK_TYPES  # the tasks that join at start-up
                       for index, address in enumerate(addresses) if (job, index) != own]
         self.answered: set[str] = set()
 

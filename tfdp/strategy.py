@@ -10,6 +10,7 @@ import json
 import logging
 import numbers
 import os
+import socket
 import zlib
 from collections.abc import Sequence
 
@@ -118,14 +119,39 @@ def _mirrored_cross_device_ops(communication: str, has_gpus: bool):
     return None  # TensorFlow's choice: ring collectives on CPUs, NCCL on GPUs.
 
 
+def _on_this_host(address: str) -> bool:
+    """Whether a host:port names one of this machine's own network interfaces."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    for family, _, _, _, sockaddr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.bind((sockaddr[0], 0))  # only an address of this machine can be bound
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def warn_about_remote_addresses(tf_config: cluster_lib.TFConfig) -> None:
-    """Warns when the cluster reaches beyond this machine: TF's gRPC has no authentication."""
+    """Warns when the cluster is reachable from a network: TF's gRPC has no authentication."""
     non_local = tf_config.non_loopback_addresses()
-    if non_local:
+    if not non_local:
+        return
+    if all(_on_this_host(address) for address in non_local):  # e.g. Ray on one machine
         logger.warning(
-            "TF_CONFIG names addresses beyond this machine (%s). TensorFlow's gRPC runtime is "
-            "unauthenticated and unencrypted: run the cluster on an isolated network.",
+            "TF_CONFIG names this machine's own network address(es) (%s), not loopback: every "
+            "worker is on this host, but their TensorFlow gRPC servers (unauthenticated, "
+            "unencrypted) are reachable from the network it is on. Run on an isolated network.",
             ", ".join(non_local))
+        return
+    logger.warning(
+        "TF_CONFIG names addresses beyond this machine (%s). TensorFlow's gRPC runtime is "
+        "unauthenticated and unencrypted: run the cluster on an isolated network.",
+        ", ".join(non_local))
 
 
 def _agree_on_random_seed(tf_config: cluster_lib.TFConfig | None) -> None:
@@ -148,11 +174,11 @@ def _agree_on_random_seed(tf_config: cluster_lib.TFConfig | None) -> None:
 def _multi_worker(tf_config: cluster_lib.TFConfig | None, communication: str,
                   timeout_seconds: float | None, startup_timeout_seconds: float | None):
     if tf_config is not None:
-        extra = [job for job in tf_config.cluster if job not in cluster_lib.TRAINING_TASK_TYPES]
+        extra = [job for job in tf_config.cluster if job not in (*cluster_lib.TRAINING_TASK_TYPES, "evaluator")]
         if extra:
             raise ConfigError(f'TF_CONFIG cluster has job(s) {extra}, which "multi_worker" '
-                              '(MultiWorkerMirroredStrategy) does not use. Fix: list only "chief" and '
-                              '"worker" tasks.')
+                              '(MultiWorkerMirroredStrategy) does not use. Fix: list only "chief", '
+                              '"worker" and "evaluator" tasks (a "ps" job is for "parameter_server").')
         warn_about_remote_addresses(tf_config)
     implementation = {
         "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
@@ -163,8 +189,8 @@ def _multi_worker(tf_config: cluster_lib.TFConfig | None, communication: str,
         implementation=implementation,
         timeout_seconds=DEFAULT_MULTI_WORKER_TIMEOUT_SECONDS if timeout_seconds is None
         else float(timeout_seconds))
-    if tf_config is None or tf_config.num_tasks < 2:
-        return _make_multi_worker(options)
+    if tf_config is None or tf_config.task_type == "evaluator" or tf_config.num_workers < 2:
+        return _make_multi_worker(options)  # no peer to wait for
     watchdog = StartupWatchdog(tf_config, seconds=startup_timeout_seconds or DEFAULT_STARTUP_TIMEOUT_SECONDS)
     with watchdog:
         try:
@@ -194,7 +220,8 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
     start the multi-worker runtime, which TensorFlow allows only before it runs anything.
 
     Args:
-        name: "auto" (multi_worker when TF_CONFIG names more than one task, mirrored when
+        name: "auto" (multi_worker when the cluster, read from TF_CONFIG or failing that
+            from a Kubernetes Indexed Job's variables, names more than one task, mirrored when
             several replicas are asked for or there are several GPUs, else default),
             "default", "one_device", "mirrored" or "multi_worker".
         num_cpu_replicas: split the CPU into this many logical devices and use them as
@@ -220,6 +247,8 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
     _check_arguments(name, num_cpu_replicas, devices, communication, timeout_seconds,
                      startup_timeout_seconds)
     tf_config = cluster_lib.TFConfig.from_env()
+    if tf_config is not None:  # what TensorFlow reads: "master" as "chief", Kubernetes' cluster
+        os.environ[cluster_lib.ENV_VAR] = tf_config.to_json()
     resolved = _resolve_name(name, tf_config, num_cpu_replicas, devices)
     if num_cpu_replicas is not None:
         _configure_cpu_replicas(num_cpu_replicas)

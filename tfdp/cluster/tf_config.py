@@ -8,20 +8,24 @@ TF_CONFIG looks like::
 
     {"cluster": {"chief": ["host:port"], "worker": ["host:port", ...]},
      "task": {"type": "worker", "index": 0}}
+
+It accepts what TensorFlow accepts: Google Cloud's extra keys ("environment", "job",
+and "trial", "cloud" in the task) are kept and type-checked; any other key is kept
+too, unless it looks like a typo of a known one. The "master" job of older cloud
+configs is the chief's old name and is read as "chief".
 """
 
 from __future__ import annotations
 
 import dataclasses
-import argparse
+import difflib
 import ipaddress
 import json
 import os
-import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tfdp.cluster import kubernetes, slurm
 from tfdp.errors import ConfigError, did_you_mean
 
 ENV_VAR = "TF_CONFIG"
@@ -30,8 +34,33 @@ SEED_ENV = "TFDP_SEED"
 TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 # Task types that take part in the all-reduce of a multi-worker strategy.
 TRAINING_TASK_TYPES = ("chief", "worker")
-_TOP_LEVEL_KEYS = ("cluster", "task", "rpc_layer", "environment")
+# Keys TensorFlow or a platform writes, and the JSON type each must have.
+_EXTRA_KEYS = {"environment": str, "job": dict, "session_master": str}
+_TOP_LEVEL_KEYS = ("cluster", "task", "rpc_layer", *_EXTRA_KEYS)
+_EXTRA_TASK_KEYS = {"trial": str, "cloud": str}
+_TASK_KEYS = ("type", "index", *_EXTRA_TASK_KEYS)
 _SINGLETON_JOBS = ("chief", "evaluator")
+_OLD_CHIEF = "master"  # TF 1 and older Cloud ML Engine runtimes
+
+
+def _extra_keys(where: str, data: Mapping[str, Any], known: Sequence[str],
+                types: Mapping[str, type]) -> dict[str, Any]:
+    """The keys of `data` beyond `known`: type-checked when a platform defines them, kept;
+    a key that looks like a typo of a known one is an error."""
+    extra = {}
+    for key, value in data.items():
+        if key in known and key not in types:
+            continue
+        if key in types:
+            if not isinstance(value, types[key]):
+                raise _fail(f'{where}"{key}"', f"is a {type(value).__name__}, not a JSON "
+                            f"{'object' if types[key] is dict else 'string'}",
+                            "write it as the platform does, or leave it out")
+        elif difflib.get_close_matches(str(key), known, n=1, cutoff=0.75):
+            raise _fail(f'{where}"{key}"', "is not a TF_CONFIG key", f"use {', '.join(known)}."
+                        f"{did_you_mean(key, known)}")
+        extra[key] = value
+    return extra
 
 
 def _fail(field: str, problem: str, fix: str) -> ConfigError:
@@ -78,12 +107,16 @@ class TFConfig:
         task_type: this process's job ("chief", "worker", "ps" or "evaluator").
         task_index: this process's index within its job.
         rpc_layer: the RPC protocol, usually "grpc" or None for TensorFlow's default.
+        extra: other top-level keys, kept as given (e.g. Google Cloud's "environment", "job").
+        task_extra: other task keys, kept as given (e.g. Google Cloud's "trial", "cloud").
     """
 
     cluster: Mapping[str, tuple[str, ...]]
     task_type: str
     task_index: int
     rpc_layer: str | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    task_extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.cluster, Mapping):
@@ -95,6 +128,8 @@ class TFConfig:
         jobs: dict[str, tuple[str, ...]] = {}
         seen: dict[str, str] = {}
         for job, addresses in self.cluster.items():
+            if job == _OLD_CHIEF and "chief" not in self.cluster:
+                job = "chief"
             if job not in TASK_TYPES:
                 raise _fail(f'cluster["{job}"]', "is not a known job",
                             f"use one of {', '.join(TASK_TYPES)}.{did_you_mean(job, TASK_TYPES)}")
@@ -116,6 +151,8 @@ class TFConfig:
                 seen[address] = f'cluster["{job}"][{index}]'
             jobs[job] = tuple(addresses)
         object.__setattr__(self, "cluster", jobs)
+        if self.task_type == _OLD_CHIEF and _OLD_CHIEF not in jobs:
+            object.__setattr__(self, "task_type", "chief")
 
         if not isinstance(self.task_type, str) or self.task_type not in TASK_TYPES:
             raise _fail("task.type", f"{self.task_type!r} is not a known task type",
@@ -158,10 +195,7 @@ class TFConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"TF_CONFIG is a JSON {type(data).__name__}, not an object. "
                               'Fix: give an object with "cluster" and "task" keys.')
-        for key in data:
-            if key not in _TOP_LEVEL_KEYS:
-                raise _fail(f'key "{key}"', "is not a TF_CONFIG key",
-                            f"use {', '.join(_TOP_LEVEL_KEYS)}.{did_you_mean(key, _TOP_LEVEL_KEYS)}")
+        extra = _extra_keys("key ", data, _TOP_LEVEL_KEYS, _EXTRA_KEYS)
         if "cluster" not in data:
             raise _fail("cluster", "is missing",
                         'add "cluster": {"worker": ["host:port", ...]} listing every task')
@@ -172,10 +206,7 @@ class TFConfig:
         if not isinstance(task, dict):
             raise _fail("task", f"is a {type(task).__name__}, not an object",
                         'write it as {"type": "worker", "index": 0}')
-        for key in task:
-            if key not in ("type", "index"):
-                raise _fail(f'task["{key}"]', "is not a task key",
-                            f'use "type" and "index".{did_you_mean(key, ("type", "index"))}')
+        task_extra = _extra_keys("task key ", task, _TASK_KEYS, _EXTRA_TASK_KEYS)
         if "type" not in task:
             raise _fail("task.type", "is missing", 'add "type": "worker" (or "chief", "ps", "evaluator")')
         if "index" not in task:
@@ -185,13 +216,19 @@ class TFConfig:
             raise _fail("cluster", f"is a JSON {type(cluster).__name__}, not an object",
                         'give an object of job name -> address list, e.g. {"worker": ["127.0.0.1:12345"]}')
         return cls(cluster=cluster, task_type=task["type"], task_index=task["index"],
-                   rpc_layer=data.get("rpc_layer"))
+                   rpc_layer=data.get("rpc_layer"), extra=extra, task_extra=task_extra)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "TFConfig | None":
-        """Reads TF_CONFIG from the environment; None when it is unset or blank."""
-        text = (os.environ if environ is None else environ).get(ENV_VAR, "")
-        return cls.parse(text) if text.strip() else None
+        """This process's cluster: TF_CONFIG, or failing that a Kubernetes Indexed Job's
+        variables (`tfdp.cluster.kubernetes`); None when neither is set."""
+        env = os.environ if environ is None else environ
+        text = env.get(ENV_VAR, "")
+        if text.strip():
+            return cls.parse(text)
+        if kubernetes.detected(env):
+            return cls.from_kubernetes(env)
+        return None
 
     @classmethod
     def local_workers(cls, ports: Sequence[int], task_index: int, *,
@@ -201,36 +238,31 @@ class TFConfig:
                    task_type="worker", task_index=task_index)
 
     @classmethod
-    def from_slurm(cls, environ: Mapping[str, str] | None = None, *, port: int = 12345) -> "TFConfig":
+    def from_slurm(cls, environ: Mapping[str, str] | None = None, *,
+                   port: int = slurm.DEFAULT_PORT) -> "TFConfig":
         """The TF_CONFIG of this SLURM task: one worker per task, ranked by SLURM_PROCID.
 
-        Tasks on a node listen on `port`, `port + 1`, ... by their SLURM_LOCALID; tasks are
-        placed on nodes in block order (srun's default distribution).
+        Tasks on a node listen on `port`, `port + 1`, ... by their local id; ranks are
+        placed on nodes by SLURM_DISTRIBUTION (block, cyclic or plane) and checked against
+        SLURMD_NODENAME, SLURM_NODEID and SLURM_LOCALID.
 
         Raises:
-            ConfigError: naming the SLURM variable that is missing or malformed.
+            ConfigError: naming the SLURM variable that is missing, malformed or disagrees.
         """
-        env = os.environ if environ is None else environ
+        addresses, rank = slurm.cluster_from_slurm(os.environ if environ is None else environ, port=port)
+        return cls(cluster={"worker": addresses}, task_type="worker", task_index=rank)
 
-        def need(name: str) -> str:
-            value = env.get(name, "").strip()
-            if not value:
-                raise ConfigError(f"{name} is not set: tfdp.cluster reads SLURM's job environment. "
-                                  "Fix: run inside a SLURM allocation through srun (one task per worker).")
-            return value
+    @classmethod
+    def from_kubernetes(cls, environ: Mapping[str, str] | None = None, *,
+                        port: int | None = None) -> "TFConfig":
+        """The TF_CONFIG of this pod of a Kubernetes Indexed Job: one worker per pod.
 
-        nodes = expand_hostlist(need("SLURM_STEP_NODELIST") if env.get("SLURM_STEP_NODELIST")
-                                else need("SLURM_JOB_NODELIST"))
-        tasks_var = "SLURM_STEP_TASKS_PER_NODE" if env.get("SLURM_STEP_TASKS_PER_NODE") else "SLURM_TASKS_PER_NODE"
-        per_node = expand_tasks_per_node(need(tasks_var), field=tasks_var)
-        if len(per_node) != len(nodes):
-            raise ConfigError(f"{tasks_var}={env[tasks_var]!r} describes {len(per_node)} node(s) but the "
-                              f"node list has {len(nodes)}. Fix: run through srun, which sets both.")
-        rank = need("SLURM_PROCID")
-        if not rank.isdigit():
-            raise ConfigError(f"SLURM_PROCID={rank!r} is not a task number. Fix: run through srun.")
-        addresses = [f"{node}:{port + local}" for node, count in zip(nodes, per_node) for local in range(count)]
-        return cls(cluster={"worker": addresses}, task_type="worker", task_index=int(rank))
+        Raises:
+            ConfigError: naming the variable that is missing or malformed.
+        """
+        addresses, index = kubernetes.cluster_from_kubernetes(os.environ if environ is None else environ,
+                                                              port=port)
+        return cls(cluster={"worker": addresses}, task_type="worker", task_index=index)
 
     # -- rendering ----------------------------------------------------------------
 
@@ -240,8 +272,10 @@ class TFConfig:
             "cluster": {job: list(addresses) for job, addresses in self.cluster.items()},
             "task": {"type": self.task_type, "index": self.task_index},
         }
+        data["task"].update(self.task_extra)
         if self.rpc_layer is not None:
             data["rpc_layer"] = self.rpc_layer
+        data.update(self.extra)
         return data
 
     def to_json(self) -> str:
@@ -262,7 +296,10 @@ class TFConfig:
 
     @property
     def is_chief(self) -> bool:
-        """The chief writes the user's files: the "chief" task, else worker 0."""
+        """The chief writes the user's files: the "chief" task, else worker 0; an evaluator is
+        the chief of its own one-task cluster, as TensorFlow has it."""
+        if self.task_type == "evaluator":
+            return True
         if "chief" in self.cluster:
             return self.task_type == "chief"
         return self.task_type == "worker" and self.task_index == 0
@@ -284,51 +321,3 @@ class TFConfig:
         """Addresses that leave this machine (TF's gRPC is unauthenticated: warn)."""
         return [a for addresses in self.cluster.values() for a in addresses
                 if not _is_loopback(_host(a))]
-
-
-def expand_hostlist(hostlist: str) -> list[str]:
-    """SLURM's compressed host list ("node[01-03,07],gpu5") as host names, in order."""
-    hosts = []
-    for match in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?", hostlist):
-        prefix, ranges = match.group(1), match.group(2)
-        if ranges is None:
-            hosts.append(prefix)
-            continue
-        for part in ranges.split(","):
-            first, _, last = part.partition("-")
-            if not first.isdigit() or (last and not last.isdigit()):
-                raise ConfigError(f"SLURM host list {hostlist!r}: cannot read range {part!r}. "
-                                  "Fix: pass SLURM's own SLURM_JOB_NODELIST.")
-            width = len(first)
-            hosts += [f"{prefix}{i:0{width}d}" for i in range(int(first), int(last or first) + 1)]
-    return hosts
-
-
-def expand_tasks_per_node(value: str, *, field: str = "SLURM_TASKS_PER_NODE") -> list[int]:
-    """SLURM's "2(x3),1" as [2, 2, 2, 1]."""
-    counts = []
-    for part in value.split(","):
-        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
-        if not match:
-            raise ConfigError(f"{field}={value!r}: cannot read {part!r}. Fix: run through srun, which sets it.")
-        counts += [int(match.group(1))] * int(match.group(2) or 1)
-    return counts
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tfdp.cluster slurm [--port P]`: print this SLURM task's TF_CONFIG."""
-    parser = argparse.ArgumentParser(prog="python -m tfdp.cluster",
-                                     description="Print the TF_CONFIG of this task.")
-    parser.add_argument("source", choices=["slurm"], help="Where the cluster comes from.")
-    parser.add_argument("--port", type=int, default=12345, help="First port on each node.")
-    args = parser.parse_args(argv)
-    try:
-        print(TFConfig.from_slurm(port=args.port).to_json())
-    except ConfigError as e:
-        print(f"python -m tfdp.cluster: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
