@@ -1,0 +1,106 @@
+"""Ray Train: a real local Ray cluster, 2 TensorflowTrainer workers, tfdp inside, against one device."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tfdp
+from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model, train
+from tests.test_trainer import assert_close, plain_loop
+from tests.workers import run_python
+
+# The Ray driver: starts a local Ray cluster, trains on 2 workers, shuts the cluster down.
+DRIVER = """
+import json, os, sys
+import ray
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.tensorflow import TensorflowTrainer
+
+def train_loop(config):
+    import os, signal, keras, tensorflow as tf, tfdp
+    import ray.train
+    from tests.models import OPTIMIZERS, dict_data, dict_model
+    strategy = tfdp.create_strategy()  # "auto": the TF_CONFIG Ray wrote names 2 workers
+    rank, out = ray.train.get_context().get_world_rank(), config["out"]
+    marker = os.path.join(out, "killed")
+    x, y = dict_data(45)
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    keras.utils.set_random_seed(7)
+    with strategy.scope():
+        model = dict_model()
+
+    class Report(keras.callbacks.Callback):  # every worker reports; the chief adds its checkpoint
+        def on_epoch_end(self, epoch, logs=None):
+            checkpoint = None
+            if tfdp.is_chief(strategy):
+                directory = os.path.join(out, f"epoch-{epoch}")
+                os.makedirs(directory, exist_ok=True)
+                self.model.save_weights(os.path.join(directory, "model.weights.h5"))
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report({"epoch": epoch, "loss": float(logs["loss"])}, checkpoint=checkpoint)
+
+    class KillOnce(keras.callbacks.Callback):  # SIGKILL of worker 1 mid-epoch, on the first attempt only
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if config["kill"] and rank == 1 and self.epoch == 1 and batch == 2 and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    if config["loop"] == "fit":
+        with strategy.scope():
+            model.compile(optimizer=OPTIMIZERS["adam"](), loss="mse")
+        backup = keras.callbacks.BackupAndRestore(os.path.join(out, "backup"))
+        model.fit(batches, epochs=3, verbose=0, callbacks=[backup, KillOnce(), Report()])
+        iterations = int(model.optimizer.iterations.numpy())
+    else:
+        trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS["adam"](), loss="mse", strategy=strategy,
+                               model_dir=os.path.join(out, "model_dir"))
+        trainer.fit(batches, epochs=3, verbose=0, callbacks=[KillOnce(), Report()])
+        iterations = int(trainer.optimizer.iterations.numpy())
+    if rank == 0:
+        with open(os.path.join(out, "result.json"), "w") as f:
+            json.dump({"weights": [w.tolist() for w in model.get_weights()], "iterations": iterations,
+                       "keras": keras.__version__, "legacy": os.environ.get("TF_USE_LEGACY_KERAS")}, f)
+
+out = sys.argv[1]
+config = json.loads(sys.argv[2])
+ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+try:
+    result = TensorflowTrainer(
+        train_loop, train_loop_config={**config, "out": out},
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(storage_path=os.path.join(out, "ray_results"), name="tfdp",
+                             failure_config=FailureConfig(max_failures=1)),
+    ).fit()
+    print("RESULT " + json.dumps({"metrics": result.metrics, "checkpoint": result.checkpoint is not None,
+                                  "error": repr(result.error) if result.error else None}))
+finally:
+    ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("loop,kill", [("fit", False), ("fit", True), ("trainer", True)],
+                         ids=["fit", "fit-worker-killed", "trainer-worker-killed"])
+def test_ray_train_with_tfdp_equals_one_device(tmp_path, loop, kill):
+    result = run_python(DRIVER, args=(str(tmp_path), json.dumps({"loop": loop, "kill": kill})), timeout=420)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = result.json_lines()[0]
+    assert report["error"] is None and report["checkpoint"]
+    assert report["metrics"]["epoch"] == 2  # the chief's last report: the third epoch
+    assert (tmp_path / "killed").exists() == kill
+    got = json.loads((tmp_path / "result.json").read_text())
+    assert got["keras"].startswith("3.") and got["legacy"] == "1"  # Keras 3 under Ray's TF_USE_LEGACY_KERAS=1
+    if loop == "fit":
+        reference, _ = train(tfdp.create_strategy("one_device", devices=["/cpu:0"]), dict_model, dict_data(45),
+                             epochs=3, optimizer=OPTIMIZERS["adam"])
+        expected, iterations = reference.get_weights(), int(reference.optimizer.iterations.numpy())
+    else:
+        expected, iterations = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=3,
+                                          optimizer="adam")
+    assert_close([np.array(w) for w in got["weights"]], expected)
+    assert got["iterations"] == iterations
+    assert "this machine's own network address" in result.stderr  # Ray names the node IP, not loopback
+    assert "beyond this machine" not in result.stderr
