@@ -224,3 +224,14 @@ def test_a_google_cloud_tf_config_with_an_evaluator_builds_multi_worker_from_aut
     assert [rep["mwms"] for rep in reports] == [True] * 4
     assert [rep["total"] for rep in reports] == [3.0, 3.0, 3.0, 1.0]  # the evaluator is not in the all-reduce
     assert [rep["chief"] for rep in reports] == [True, False, False, True]  # an evaluator writes its own files
+
+
+def test_a_task_whose_own_address_does_not_resolve_is_told_so_within_the_timeout():
+    """A Kubernetes pod template naming a Service that does not exist: TensorFlow would wait forever."""
+    env = {"JOB_COMPLETION_INDEX": "0", "TFDP_K8S_WORKERS": "1", "TFDP_K8S_JOB": "train",
+           "TFDP_K8S_SERVICE": "no-such-service"}
+    started = time.monotonic()
+    result = run_python(STARTUP_WORKER, env=env, timeout=120)
+    assert time.monotonic() - started < 60
+    assert result.returncode in (3, -signal.SIGKILL), result.stderr[-3000:]
+    assert "this task's own address train-0.no-such-service:12345 does not resolve" in result.stderr

@@ -36,10 +36,19 @@ def _listening(address: str) -> bool:
         return False
 
 
+def _resolves(address: str) -> bool:
+    try:
+        socket.getaddrinfo(address.rpartition(":")[0].strip("[]"), None)
+        return True
+    except OSError:
+        return False
+
+
 class Peers:
     """The other tasks of a TF_CONFIG, and which of them have accepted a connection."""
 
     def __init__(self, tf_config: TFConfig):
+        self.own_address = tf_config.address
         own = (tf_config.task_type, tf_config.task_index)
         self.tasks = [(job, index, address) for job, addresses in tf_config.cluster.items()
                       if job in TRAINING_TASK_TYPES  # the tasks that join at start-up
@@ -55,6 +64,10 @@ class Peers:
         """Why the cluster did not form, naming the tasks that never accepted a connection."""
         missing = [f"{job} {index} ({address})" for job, index, address in self.tasks
                    if address not in self.answered]
+        if not _resolves(self.own_address):
+            return (f"this task's own address {self.own_address} does not resolve on this machine. Fix: "
+                    "correct the host name (on Kubernetes, TFDP_K8S_JOB and TFDP_K8S_SERVICE must name the "
+                    "Job and its headless Service, and the pods' subdomain must be that Service)")
         if missing:
             return (f"{', '.join(missing)} never accepted a connection. Fix: start every task TF_CONFIG "
                     "lists (tfdp-launch starts them all) and check their addresses and firewalls")

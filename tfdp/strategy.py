@@ -189,8 +189,8 @@ def _multi_worker(tf_config: cluster_lib.TFConfig | None, communication: str,
         implementation=implementation,
         timeout_seconds=DEFAULT_MULTI_WORKER_TIMEOUT_SECONDS if timeout_seconds is None
         else float(timeout_seconds))
-    if tf_config is None or tf_config.task_type == "evaluator" or tf_config.num_workers < 2:
-        return _make_multi_worker(options)  # no peer to wait for
+    if tf_config is None:
+        return _make_multi_worker(options)
     watchdog = StartupWatchdog(tf_config, seconds=startup_timeout_seconds or DEFAULT_STARTUP_TIMEOUT_SECONDS)
     with watchdog:
         try:
