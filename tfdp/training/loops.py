@@ -35,6 +35,8 @@ def train_loop(step: ReplicaStep, strategy: tf.distribute.Strategy, grad_accum_s
                     lambda a=accumulated: a)
                 batches += tf.cast(has_value, tf.int32)
             strategy.run(step.apply_step, args=(accumulated,))
+            if step.local is not None:
+                step.local.average_when_due(strategy)
             steps += 1
         return steps, batches
 
@@ -82,3 +84,8 @@ def predict_step(step: ReplicaStep, strategy: tf.distribute.Strategy):
         return tf.nest.map_structure(lambda v: strategy.gather(v, axis=0), outputs)
 
     return predict
+
+
+def average_pending(local, strategy: tf.distribute.Strategy):
+    """fn() that averages the replicas' weights if an update was applied since the last average."""
+    return tf.function(lambda: local.average_if_pending(strategy))

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfdp._cross_replica import merge_calls_run_directly, nonempty_batch
 from tfdp.training import all_reduce
+from tfdp.training.local_steps import LocalSteps
 from tfdp.training.precision import DynamicLossScale
 
 
@@ -51,16 +52,19 @@ class ReplicaStep:
         clip_global_norm: clip the reduced gradient to this global norm, or None.
         all_reduce_dtype: "float32", "float16" or "bfloat16".
         skipped_steps: a counter of steps skipped for non-finite gradients.
+        local: local steps (each replica applies its own gradients, averages every H
+            updates), or None: every step all-reduces the gradients.
     """
 
     def __init__(self, *, model: keras.Model, optimizer, strategy, loss: Callable | None,
                  compute_loss: Callable | None, metrics: Sequence[keras.metrics.Metric],
                  loss_tracker: keras.metrics.Mean, loss_scale: DynamicLossScale | None,
-                 clip_global_norm: float | None, all_reduce_dtype: str, skipped_steps: tf.Variable):
+                 clip_global_norm: float | None, all_reduce_dtype: str, skipped_steps: tf.Variable,
+                 local: LocalSteps | None = None):
         self.model, self.optimizer, self.strategy, self.loss = model, optimizer, strategy, loss
         self.compute_loss, self.metrics, self.loss_tracker = compute_loss, metrics, loss_tracker
         self.loss_scale, self.clip_global_norm = loss_scale, clip_global_norm
-        self.all_reduce_dtype, self.skipped_steps = all_reduce_dtype, skipped_steps
+        self.all_reduce_dtype, self.skipped_steps, self.local = all_reduce_dtype, skipped_steps, local
         # Only a float16 loss scale or a compressed all-reduce can make a step non-finite
         # that float32 would not; Keras applies a non-finite float32 step, and so do we.
         self.checks_finite = loss_scale is not None or all_reduce_dtype != "float32"
@@ -122,6 +126,9 @@ class ReplicaStep:
 
     def apply_step(self, accumulated) -> None:
         """The all-reduce, then the update, decided identically on every replica."""
+        if self.local is not None:
+            self._apply_step_locally(accumulated)
+            return
         grads, n = accumulated
         if self.strategy.num_replicas_in_sync > 1:
             grads, n = all_reduce.mean_gradients(grads, n, dtype=self.all_reduce_dtype)
@@ -129,6 +136,18 @@ class ReplicaStep:
             grads = [g / n for g in grads]
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]) if self.checks_finite else None
         tf.distribute.get_replica_context().merge_call(self._apply_once, args=(grads, finite))
+
+    def _apply_step_locally(self, accumulated) -> None:
+        """Local steps: this replica's own mean gradient, clipped, applied to its own copies."""
+        grads, n = accumulated
+        grads = [g / tf.maximum(n, 1.0) for g in grads]
+        if self.clip_global_norm:
+            grads = tf.clip_by_global_norm(grads, self.clip_global_norm)[0]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]) if self.checks_finite else None
+        factor = self.optimizer.loss_scale_factor
+        if factor is not None:  # the optimizer divides by it again
+            grads = [g * factor for g in grads]
+        tf.distribute.get_replica_context().merge_call(self._apply_local, args=(grads, finite))
 
     def eval_step(self, batch) -> None:
         self._loss_sum(batch, training=False)
@@ -139,6 +158,21 @@ class ReplicaStep:
         return keras.tree.map_structure(lambda t: t[:n], self.model(x, training=False))
 
     # -- cross-replica context ----------------------------------------------------------
+
+    def _apply_local(self, strategy, grads, finite) -> None:
+        if len(strategy.experimental_local_results(grads[0])) == 1:  # one replica here: plain tensors
+            grads = [strategy.experimental_local_results(g)[0] for g in grads]
+        if finite is None:
+            self.local.apply_local(grads)
+        else:  # a float16 loss scale of this replica's own (one replica per process)
+            finite = strategy.experimental_local_results(finite)[0]
+
+            def skip():
+                self.skipped_steps.assign_add(1)
+
+            tf.cond(finite, lambda: self.local.apply_local(grads), skip)
+            self.loss_scale.update(finite)
+        self.local.count_update()
 
     def _apply_once(self, strategy, grads, finite) -> None:
         # The reduced values are the same on every replica: take the first, decide once.

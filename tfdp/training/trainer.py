@@ -15,9 +15,10 @@ from tfdp import _compat, preemption
 from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
-from tfdp.roles import is_chief
+from tfdp.roles import is_chief, num_workers
 from tfdp.training import loops, precision
 from tfdp.training.all_reduce import ALL_REDUCE_DTYPES
+from tfdp.training.local_steps import LocalSteps
 from tfdp.training.model_dir import ModelDir, Position
 from tfdp.training.replica_step import ReplicaStep, per_example_loss_fn
 
@@ -107,13 +108,22 @@ class Trainer:
         compute_loss: for models that are not plain (x, y) supervised:
             fn(model, batch, training) -> per-example losses (a vector over the local
             batch). It replaces `loss`; `metrics` are then not updated.
+        local_steps: 1 (default): every step all-reduces the gradients. H > 1: each
+            replica applies its own gradients (its own mean, clipped, its own float16
+            loss scale), and all weights are averaged over every replica and worker in
+            one all-reduce every H updates and at the end of every epoch; optimizer
+            slots stay local (tfdp/training/local_steps.py).
+        outer_optimizer: with local_steps > 1, a Keras optimizer applied to (previous
+            average - new average) of the trainable weights, as DiLoCo (e.g.
+            SGD(0.7, momentum=0.9, nesterov=True)); None: plain averaging.
     """
 
     def __init__(self, model: keras.Model, *, optimizer, loss=None, strategy: tf.distribute.Strategy,
                  metrics: Sequence = (), mixed_precision: str | None = None, grad_accum_steps: int = 1,
                  clip_global_norm: float | None = None, steps_per_loop: int = 1,
                  model_dir: str | None = None, all_reduce_dtype: str = "float32", max_checkpoints: int = 3,
-                 save_every_steps: int | None = None, compute_loss: Callable | None = None):
+                 save_every_steps: int | None = None, compute_loss: Callable | None = None,
+                 local_steps: int = 1, outer_optimizer=None):
         precision.check_model_matches(model, mixed_precision)
         self.model, self.strategy = model, strategy
         self.grad_accum_steps = _whole("Trainer", "grad_accum_steps", grad_accum_steps)
@@ -127,6 +137,10 @@ class Trainer:
                                                  and clip_global_norm > 0):
             raise ConfigError(f"Trainer(clip_global_norm={clip_global_norm!r}): must be > 0, or None.")
         self.all_reduce_dtype = check_choice("Trainer(all_reduce_dtype)", all_reduce_dtype, ALL_REDUCE_DTYPES)
+        self.local_steps = _whole("Trainer", "local_steps", local_steps)
+        _check_local_steps(self.local_steps, outer_optimizer=outer_optimizer, strategy=strategy,
+                           mixed_precision=mixed_precision, all_reduce_dtype=self.all_reduce_dtype,
+                           save_every_steps=self.save_every_steps)
         _check_loss(loss, compute_loss)
         self._metric_identifiers = list(metrics)
         with strategy.scope():
@@ -142,17 +156,28 @@ class Trainer:
             self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
                                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.position = Position()
+            self.local = None
+            if self.local_steps > 1:
+                outer = None
+                if outer_optimizer is not None:
+                    outer = keras.optimizers.get(outer_optimizer)
+                    _check_optimizer(outer)
+                    outer._distribution_strategy = strategy  # as the inner one, above
+                self.local = LocalSteps(model=model, optimizer=self.optimizer, local_steps=self.local_steps,
+                                        outer_optimizer=outer)
         self.step = ReplicaStep(model=model, optimizer=self.optimizer, strategy=strategy,
                                 loss=per_example_loss_fn(loss), compute_loss=compute_loss, metrics=self.metrics,
                                 loss_tracker=self.loss_tracker, loss_scale=self.loss_scale,
                                 clip_global_norm=clip_global_norm, all_reduce_dtype=self.all_reduce_dtype,
-                                skipped_steps=self.skipped_steps)
+                                skipped_steps=self.skipped_steps, local=self.local)
         self._chief = is_chief(strategy)
         self.model_dir = None
         if model_dir:
             state = {"model": model, "optimizer": self.optimizer}
             if self.loss_scale:
                 state.update(loss_scale=self.loss_scale.scale, loss_scale_good_steps=self.loss_scale.good_steps)
+            if self.local is not None and self.local.outer_optimizer is not None:
+                state.update(outer_optimizer=self.local.outer_optimizer, anchors=self.local.anchors)
             self.model_dir = ModelDir(model_dir, state=state, position=self.position, chief=self._chief,
                                       max_checkpoints=max_checkpoints)
         self._resume_pending = self.model_dir is not None
@@ -164,6 +189,7 @@ class Trainer:
         self._eval_loop = loops.eval_loop(self.step, strategy)
         self._skip_loop = loops.skip_loop()
         self._predict = loops.predict_step(self.step, strategy)
+        self._average_pending = loops.average_pending(self.local, strategy) if self.local else None
 
     # -- input ------------------------------------------------------------------------------
 
@@ -263,6 +289,8 @@ class Trainer:
             initial_epoch, start_step, skip_batches = resumed
         callback_list = self._callbacks(callbacks, verbose=verbose, epochs=epochs, steps=steps_per_epoch)
         self.model.stop_training = False
+        if self.local is not None:  # fit starts at an averaging boundary: the anchor is the model
+            self.local.reset_anchors()
         if self.model_dir is None:  # nowhere to save: SIGTERM keeps its usual meaning
             return self._fit_epochs(distributed, initial_epoch, epochs, start_step, skip_batches, steps_per_epoch,
                                     validation_data, validation_freq, callback_list)
@@ -289,6 +317,8 @@ class Trainer:
             start_step = 0
             iterator, batches_read, step = self._train_epoch(distributed, iterator, batches_read, step, epoch,
                                                              steps_per_epoch, callback_list)
+            if self._average_pending is not None:  # evaluation, callbacks and checkpoints see one model
+                self._average_pending()
             seconds = time.perf_counter() - started
             logs = self._logs()
             logs["examples_per_sec"] = float(self.loss_tracker.count.numpy()) / seconds if seconds else 0.0
@@ -313,6 +343,8 @@ class Trainer:
                                                                             steps_per_epoch - step)
             if self.save_every_steps:
                 chunk = min(chunk, self.save_every_steps - step % self.save_every_steps)
+            if self.local_steps > 1:  # every averaging boundary ends a chunk
+                chunk = min(chunk, self.local_steps - step % self.local_steps)
             callback_list.on_train_batch_begin(step)
             ran, read = (int(v) for v in self._train_loop(iterator, tf.constant(chunk)))
             step, batches_read = step + ran, batches_read + read
@@ -330,7 +362,8 @@ class Trainer:
                 if steps_per_epoch is None:
                     break
                 iterator, batches_read, fresh = iter(distributed), 0, True  # read the data again
-            if self._preemption is not None and self._preemption.should_stop():
+            at_boundary = step % self.local_steps == 0  # (local steps) where every replica holds the average
+            if self._preemption is not None and at_boundary and self._preemption.should_stop():
                 self.position.set(epoch, step, batches_read)
                 self._save()
                 message = (f"preempted (SIGTERM): saved epoch {epoch} step {step} to {self.model_dir.path}; "
@@ -412,6 +445,27 @@ class Trainer:
         """Removes a non-chief worker's private checkpoint directory."""
         if self.model_dir is not None:
             self.model_dir.close()
+
+
+def _check_local_steps(local_steps: int, *, outer_optimizer, strategy, mixed_precision, all_reduce_dtype,
+                       save_every_steps) -> None:
+    if local_steps == 1:
+        if outer_optimizer is not None:
+            raise ConfigError("Trainer(outer_optimizer=...): the outer optimizer acts on the average of local steps. "
+                              "Fix: give local_steps > 1 too, or drop outer_optimizer.")
+        return
+    replicas_here = strategy.num_replicas_in_sync // num_workers(strategy)
+    if mixed_precision == "mixed_float16" and replicas_here > 1:
+        raise ConfigError(f"Trainer(local_steps={local_steps}, mixed_precision=\"mixed_float16\"): each replica keeps "
+                          f"its own loss scale between averages, which needs one replica per process; this one "
+                          f"has {replicas_here}. Fix: one worker per device (multi_worker), or mixed_bfloat16.")
+    if all_reduce_dtype != "float32":
+        raise ConfigError(f"Trainer(local_steps={local_steps}, all_reduce_dtype={all_reduce_dtype!r}): local steps "
+                          "all-reduce weights, not gradients, and always in float32. Fix: drop all_reduce_dtype.")
+    if save_every_steps and save_every_steps % local_steps:
+        raise ConfigError(f"Trainer(save_every_steps={save_every_steps}, local_steps={local_steps}): a checkpoint "
+                          "must land where every replica holds the average. Fix: a save_every_steps that is a "
+                          "multiple of local_steps.")
 
 
 def _validate_after(epoch: int, validation_freq) -> bool:

@@ -1,0 +1,164 @@
+"""tfdp.Trainer(local_steps=H) against independent per-replica loops written here, averaged by hand."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfdp
+from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model
+from tests.test_trainer import assert_close, plain_loop, run_trainer
+from tests.workers import run_workers
+
+REPLICAS = 2
+
+
+def local_sgd_reference(data, *, local_steps, epochs, optimizer="sgd", clip=None, outer=None,
+                        steps_per_epoch=None, split="chunks"):
+    """N independent one-device runs, each on its share of every global batch, averaged every H updates
+    and at the end of every epoch; with `outer`, DiLoCo: outer step on (previous average - average).
+
+    split: how a global batch is shared, as tfdp documents it: "chunks" (replicas of one process:
+    consecutive per-replica batches, a short last batch filling the first replicas first) or
+    "interleave" (workers: worker w keeps every N-th example, from the w-th).
+    """
+    x, y = data
+    keras.utils.set_random_seed(7)
+    first = dict_model()
+    models = [first] + [dict_model() for _ in range(REPLICAS - 1)]
+    for m in models[1:]:
+        m.set_weights(first.get_weights())
+    opts = [OPTIMIZERS[optimizer]() for _ in models]
+    anchor = [tf.Variable(w) for w in first.trainable_weights] if outer else None
+    outer_opt = outer() if outer else None
+    batches = [list(range(i, min(i + GLOBAL_BATCH, len(y)))) for i in range(0, len(y), GLOBAL_BATCH)]
+
+    def average():
+        mean = [np.mean(ws, axis=0) for ws in zip(*[m.get_weights() for m in models])]
+        for m in models:
+            m.set_weights(mean)
+        if outer:
+            mean_trainable = [tf.convert_to_tensor(w) for w in first.trainable_weights]
+            outer_opt.apply_gradients(zip([a - w for a, w in zip(anchor, mean_trainable)], anchor))
+            for m in models:
+                for v, a in zip(m.trainable_weights, anchor):
+                    v.assign(a)
+
+    for _ in range(epochs):
+        since = 0
+        order = batches if steps_per_epoch is None else [batches[i % len(batches)] for i in range(steps_per_epoch)]
+        for index in order:
+            per_replica = GLOBAL_BATCH // REPLICAS  # tf.distribute splits a short last batch in these chunks
+            for r, (model, opt) in enumerate(zip(models, opts)):
+                shard = index[r * per_replica:(r + 1) * per_replica] if split == "chunks" else index[r::REPLICAS]
+                if not shard:  # an empty share: a step with a zero gradient (the Trainer's rule)
+                    opt.apply_gradients(zip([tf.zeros_like(v) for v in model.trainable_variables],
+                                            model.trainable_variables))
+                    continue
+                xb = {k: v[shard] for k, v in x.items()}
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(keras.losses.mean_squared_error(y[shard], model(xb, training=True)))
+                    loss += tf.add_n(model.losses)
+                grads = tape.gradient(loss, model.trainable_variables)
+                if clip:
+                    grads, _ = tf.clip_by_global_norm(grads, clip)
+                opt.apply_gradients(zip(grads, model.trainable_variables))
+            since += 1
+            if since == local_steps:
+                average()
+                since = 0
+        if since:
+            average()
+    return first.get_weights(), int(opts[0].iterations.numpy())
+
+
+@pytest.fixture
+def two_replicas():
+    return tfdp.create_strategy("mirrored", num_cpu_replicas=REPLICAS)
+
+
+@pytest.mark.parametrize("optimizer,options,reference,n", [
+    ("sgd", dict(local_steps=2), dict(local_steps=2), 44),  # 6 steps: 3 averages an epoch
+    ("sgd", dict(local_steps=4), dict(local_steps=4), 44),  # the epoch ends 2 updates into a round
+    ("adam", dict(local_steps=2), dict(local_steps=2), 45),  # replica 1's share of the last batch: 1 of 5
+    ("adam", dict(local_steps=3, clip_global_norm=0.05, steps_per_loop=2), dict(local_steps=3, clip=0.05), 36),
+], ids=["sgd-h2", "sgd-h4-epoch-ends-mid-round", "adam-h2-uneven", "adam-h3-clip-steps_per_loop"])
+def test_local_steps_on_two_replicas_equal_independent_runs_averaged(two_replicas, optimizer, options,
+                                                                        reference, n):
+    model, _, trainer = run_trainer(two_replicas, dict_data(n), epochs=2, optimizer=optimizer, **options)
+    expected, iterations = local_sgd_reference(dict_data(n), epochs=2, optimizer=optimizer, **reference)
+    assert_close(model.get_weights(), expected)
+    assert int(trainer.optimizer.iterations.numpy()) == iterations
+    for variable in model.weights:  # after the epoch's average both replicas hold the same weights
+        copies = [t.numpy() for t in variable.value.values]
+        np.testing.assert_array_equal(copies[0], copies[1])
+
+
+def test_the_replicas_really_drift_apart_between_averages(two_replicas):
+    """Averaging every 100 updates (never within the epoch) is not the synchronous result."""
+    local, _, _ = run_trainer(two_replicas, dict_data(44), epochs=1, local_steps=100)
+    synchronous, _ = plain_loop(dict_model, dict_data(44), batch_size=GLOBAL_BATCH, epochs=1)
+    assert max(np.abs(a - b).max() for a, b in zip(local.get_weights(), synchronous)) > 1e-3
+    expected, _ = local_sgd_reference(dict_data(44), local_steps=100, epochs=1)
+    assert_close(local.get_weights(), expected)
+
+
+def test_local_steps_one_is_the_synchronous_trainer(two_replicas):
+    model, _, _ = run_trainer(two_replicas, dict_data(45), epochs=2, optimizer="adam", local_steps=1)
+    expected, _ = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=2, optimizer="adam")
+    assert_close(model.get_weights(), expected)
+
+
+def test_an_outer_nesterov_optimizer_as_diloco(two_replicas):
+    outer = lambda: keras.optimizers.SGD(0.7, momentum=0.9, nesterov=True)  # noqa: E731
+    model, _, _ = run_trainer(two_replicas, dict_data(44), epochs=2, optimizer="adam", local_steps=2,
+                              outer_optimizer=outer())
+    expected, _ = local_sgd_reference(dict_data(44), local_steps=2, epochs=2, optimizer="adam", outer=outer)
+    assert_close(model.get_weights(), expected)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(outer_optimizer="sgd"), "give local_steps > 1 too"),
+    (dict(local_steps=0), "local_steps"),
+    (dict(local_steps=2, all_reduce_dtype="bfloat16"), "always in float32"),
+    (dict(local_steps=4, save_every_steps=6, model_dir="/tmp/unused"), "a multiple of local_steps"),
+])
+def test_bad_local_step_options_are_config_errors(two_replicas, options, message):
+    with two_replicas.scope():
+        model = dict_model()
+    with pytest.raises(tfdp.ConfigError, match=message):
+        tfdp.Trainer(model, optimizer="sgd", loss="mse", strategy=two_replicas, **options)
+
+
+WORKER = """
+import json, os, sys, keras, tensorflow as tf, tfdp
+from tests.models import OPTIMIZERS, dict_data, dict_model
+strategy = tfdp.create_strategy()
+x, y = dict_data(44)
+keras.utils.set_random_seed(7)
+with strategy.scope():
+    model = dict_model()
+options = json.loads(os.environ["OPTIONS"])
+trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS[os.environ["OPTIMIZER"]](), loss="mse", strategy=strategy,
+                       model_dir=sys.argv[1] if len(sys.argv) > 1 else None, **options)
+trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0)
+trainer.close()
+print("RESULT " + json.dumps({"weights": [w.tolist() for w in model.get_weights()],
+                              "iterations": int(trainer.optimizer.iterations.numpy())}))
+"""
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_two_workers_average_to_identical_weights_equal_to_the_reference(optimizer):
+    results = run_workers(WORKER, num_workers=2, timeout=180,
+                          env={"OPTIONS": json.dumps({"local_steps": 4}), "OPTIMIZER": optimizer})
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    reports = [r.json_lines()[0] for r in results]
+    assert reports[0]["weights"] == reports[1]["weights"]  # bit for bit after the average
+    expected, iterations = local_sgd_reference(dict_data(44), local_steps=4, epochs=2, optimizer=optimizer,
+                                               split="interleave")
+    assert_close([np.array(w) for w in reports[0]["weights"]], expected)
+    assert reports[0]["iterations"] == iterations
