@@ -5,12 +5,15 @@ nothing is a collective. Each replica's mean gradient over its own examples goes
 PerReplica value, through the optimizer in the cross-replica context, where
 `tf.distribute` updates every local copy of a variable with its own replica's value: the
 copies of a MirroredVariable (several replicas in one process) and the workers' copies
-(multi_worker) drift apart on purpose. Optimizer slots stay local (Adam's moments are
-the replica's own; only the weights are averaged), as in local SGD and DiLoCo.
+(multi_worker) drift apart on purpose, and so do the optimizer's slots (Adam's moments)
+between averages.
 
 Every `local_steps` updates, and at the end of every epoch (so that evaluation,
-callbacks and checkpoints see one model), all weights (trainable and not) are averaged
-over all replicas and workers in ONE packed all-reduce. With an outer optimizer the
+callbacks and checkpoints see one model), all weights (trainable and not) and the
+optimizer's floating-point slots are averaged over all replicas and workers in ONE
+packed all-reduce. Averaging the slots too (DiLoCo keeps them local) makes every replica
+hold the very same state after an average, so that a checkpoint, which holds one copy,
+resumes exactly; it costs one more weights-sized vector per Adam moment, every H steps. With an outer optimizer the
 averaged change of the trainable weights since the last average is applied to the
 previous average as a gradient ("anchor - average"), as DiLoCo does.
 """
@@ -68,8 +71,14 @@ class LocalSteps:
 
     # -- replica context ---------------------------------------------------------------
 
+    def _averaged(self) -> list:
+        """The variables averaged: the model's weights, then the optimizer's float slots."""
+        slots = [v for v in self.optimizer.variables
+                 if v.dtype in ("float16", "bfloat16", "float32", "float64") and v is not self.optimizer.iterations]
+        return [*self.model.weights, *slots]
+
     def _average(self) -> None:
-        weights = [tf.convert_to_tensor(v.value) for v in self.model.weights]
+        weights = [tf.convert_to_tensor(v.value) for v in self._averaged()]
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         mean = all_reduce.unpack(all_reduce.sum_packed(all_reduce.pack(weights)) / replicas, weights)
         tf.distribute.get_replica_context().merge_call(self._assign, args=(mean,))
@@ -94,7 +103,7 @@ class LocalSteps:
                       for anchor, v in zip(self.anchors, self.model.trainable_variables)]
             with merge_calls_run_directly():
                 self.outer_optimizer.apply_gradients(zip(deltas, self.anchors))
-        for variable, value in zip(self.model.weights, first):
+        for variable, value in zip(self._averaged(), first):
             if self.anchors is not None and id(variable) in trainable:
                 value = tf.convert_to_tensor(self.anchors[trainable[id(variable)]].value)
             variable.assign(tf.cast(value, variable.dtype))
