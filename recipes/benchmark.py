@@ -23,7 +23,7 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-# name -> (placement, loop, steps per call, mixed precision, all-reduce dtype of the Trainer)
+# name -> (placement, loop, steps per call, mixed precision, all-reduce dtype of the Trainer[, local steps])
 CONFIGS = {
     "single-1t-fit": ("single-1t", "fit", 1, None, "float32"),
     "single-1t-fit-spe20": ("single-1t", "fit", 20, None, "float32"),
@@ -41,6 +41,9 @@ CONFIGS = {
     "workers2-trainer": ("workers2", "trainer", 1, None, "float32"),
     "workers2-trainer-spl20": ("workers2", "trainer", 20, None, "float32"),
     "workers2-trainer-spl20-ar16": ("workers2", "trainer", 20, None, "bfloat16"),
+    "workers2-trainer-spl20-local4": ("workers2", "trainer", 20, None, "float32", 4),
+    "workers2-trainer-spl20-local8": ("workers2", "trainer", 20, None, "float32", 8),
+    "workers2-trainer-spl20-local16": ("workers2", "trainer", 20, None, "float32", 16),
 }
 DEFAULT = ["single-1t-fit-spe20", "single-1t-trainer", "single-1t-trainer-spl20", "single-fit-spe20",
            "single-trainer-spl20", "mirrored2-trainer", "workers2-fit-spe20", "workers2-trainer-spl20",
@@ -61,7 +64,8 @@ flags.DEFINE_string("run", None, "Internal: run this configuration in this proce
 
 def run_here(name: str) -> dict:
     """Runs one configuration in this process (a worker, under tfdp-launch) and measures it."""
-    placement, loop, steps_per_call, precision, all_reduce_dtype = CONFIGS[name]
+    placement, loop, steps_per_call, precision, all_reduce_dtype, *rest = CONFIGS[name]
+    local_steps = rest[0] if rest else 1
     import tfdp
 
     strategy = tfdp.create_strategy({"mirrored2": "mirrored", "workers2": "multi_worker"}.get(placement, "default"),
@@ -102,7 +106,7 @@ def run_here(name: str) -> dict:
     else:
         trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.01), loss=loss, strategy=strategy,
                                mixed_precision=precision, steps_per_loop=steps_per_call,
-                               all_reduce_dtype=all_reduce_dtype)
+                               all_reduce_dtype=all_reduce_dtype, local_steps=local_steps)
         trainer.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
         first = time.perf_counter() - start
         history = trainer.fit(data, epochs=FLAGS.repeats + 1, steps_per_epoch=FLAGS.steps, verbose=0)
@@ -115,13 +119,14 @@ def run_here(name: str) -> dict:
         step_ms = 1000 * FLAGS.global_batch_size / result["examples_per_sec"]
         result["split"] = step_split.measure(
             strategy=strategy, model=model, loss=loss, iterator=iter(strategy.experimental_distribute_dataset(data)),
-            steps=FLAGS.split_steps, repeats=FLAGS.split_repeats, step_ms=step_ms, all_reduce_dtype=all_reduce_dtype)
+            steps=-(-FLAGS.split_steps // local_steps) * local_steps,  # whole rounds of local steps
+            repeats=FLAGS.split_repeats, step_ms=step_ms, all_reduce_dtype=all_reduce_dtype, local_steps=local_steps)
     return result
 
 
 def baseline(name: str) -> str | None:
     """The 1 process x 1 thread configuration with the same loop, steps per call and precision."""
-    _, loop, steps_per_call, precision, _ = CONFIGS[name]
+    _, loop, steps_per_call, precision, *_ = CONFIGS[name]
     return next((n for n, c in CONFIGS.items() if c[:4] == ("single-1t", loop, steps_per_call, precision)), None)
 
 

@@ -42,6 +42,24 @@ def define_training_flags(*, global_batch_size: int, epochs: int, learning_rate:
                        lower_bound=0.0)
     flags.DEFINE_integer("steps_per_loop", 1, "Steps per tf.function call (fit: steps_per_execution).",
                          lower_bound=1)
+    flags.DEFINE_integer("local_steps", 1, "--loop=custom: each replica takes this many steps on its own, then "
+                         "the replicas average (1: all-reduce every step).", lower_bound=1)
+    flags.DEFINE_float("outer_learning_rate", 0.0, "With --local_steps > 1: learning rate of a Nesterov SGD "
+                       "outer optimizer on the averaged change, as DiLoCo (0: plain averaging).", lower_bound=0.0)
+    flags.DEFINE_float("outer_momentum", 0.9, "Momentum of the outer optimizer.", lower_bound=0.0)
+    flags.register_multi_flags_validator(
+        ["local_steps", "loop"], lambda f: f["local_steps"] == 1 or f["loop"] == "custom",
+        message="--local_steps > 1 needs --loop=custom (tfdp.Trainer); model.fit all-reduces every step.")
+    flags.register_multi_flags_validator(
+        ["outer_learning_rate", "local_steps"], lambda f: not f["outer_learning_rate"] or f["local_steps"] > 1,
+        message="--outer_learning_rate acts on the average of local steps: give --local_steps > 1 too.")
+
+
+def outer_optimizer_from_flags(keras):
+    """The DiLoCo outer optimizer the flags ask for, or None."""
+    if not FLAGS.outer_learning_rate:
+        return None
+    return keras.optimizers.SGD(FLAGS.outer_learning_rate, momentum=FLAGS.outer_momentum, nesterov=True)
 
 
 def create_strategy_from_flags() -> "tfdp.strategy.tf.distribute.Strategy":

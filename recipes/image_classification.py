@@ -50,7 +50,8 @@ def train_with_trainer(keras, tfdp, strategy, model, train, test, learning_rate)
                            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], strategy=strategy,
                            mixed_precision=FLAGS.mixed_precision, grad_accum_steps=FLAGS.grad_accum_steps,
                            clip_global_norm=FLAGS.clip_global_norm, steps_per_loop=FLAGS.steps_per_loop,
-                           model_dir=os.path.join(FLAGS.model_dir, "trainer"))
+                           model_dir=os.path.join(FLAGS.model_dir, "trainer"), local_steps=FLAGS.local_steps,
+                           outer_optimizer=recipe_flags.outer_optimizer_from_flags(keras))
     history = trainer.fit(train, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch)
     evaluation = trainer.evaluate(test, verbose=0)
     trainer.close()
@@ -83,7 +84,9 @@ def main(argv):
             "dataset": FLAGS.dataset, "learning_rate": peak, "lr_scaling": FLAGS.lr_scaling,
             "warmup_epochs": FLAGS.warmup_epochs, "mixed_precision": FLAGS.mixed_precision,
             "grad_accum_steps": FLAGS.grad_accum_steps, "clip_global_norm": FLAGS.clip_global_norm,
-            "steps_per_loop": FLAGS.steps_per_loop, "train_examples": data.num_train}
+            "steps_per_loop": FLAGS.steps_per_loop, "local_steps": FLAGS.local_steps,
+            "outer_learning_rate": FLAGS.outer_learning_rate, "outer_momentum": FLAGS.outer_momentum,
+            "train_examples": data.num_train}
     if FLAGS.dry_run:
         print(json.dumps(plan, indent=2))
         return

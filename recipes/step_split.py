@@ -6,7 +6,8 @@ benchmark's strategy, and subtracts:
 - compute: forward + backward on a batch already on the replica (no input, no collective);
 - input wait: the same, pulling each batch from the distributed iterator, minus compute;
 - all-reduce: the same plus ONE packed all-reduce of the gradients (as tfdp.Trainer
-  does), minus the above: the transfer plus waiting for the slowest worker;
+  does), minus the above: the transfer plus waiting for the slowest worker; with local
+  steps H, one packed all-reduce of the weights every H steps instead;
 - other: the measured full step minus all three: the optimizer update, metrics and the
   loop's own overhead.
 
@@ -20,7 +21,7 @@ import time
 
 
 def measure(*, strategy, model, loss, iterator, steps: int, repeats: int, step_ms: float,
-            all_reduce_dtype: str = "float32") -> dict[str, float]:
+            all_reduce_dtype: str = "float32", local_steps: int = 1) -> dict[str, float]:
     """Milliseconds per step of each piece (medians of `repeats` timed calls).
 
     Args:
@@ -32,6 +33,7 @@ def measure(*, strategy, model, loss, iterator, steps: int, repeats: int, step_m
         repeats: timed calls per loop (after one untimed warm-up call), interleaved.
         step_ms: the full step's measured milliseconds, to attribute the rest.
         all_reduce_dtype: "float32", "float16" or "bfloat16": the dtype the gradients are sent in.
+        local_steps: H > 1: the weights are all-reduced every H steps (tfdp.Trainer(local_steps=H)).
     """
     import tensorflow as tf
 
@@ -52,20 +54,27 @@ def measure(*, strategy, model, loss, iterator, steps: int, repeats: int, step_m
     def reduced(batch):
         return tf.reduce_sum(all_reduce.sum_packed(all_reduce.pack(gradients(batch)), all_reduce_dtype))
 
-    def loop(replica_fn):
+    def averaged():
+        weights = [tf.convert_to_tensor(v.value) for v in model.weights]
+        return tf.reduce_sum(all_reduce.sum_packed(all_reduce.pack(weights)))
+
+    def loop(replica_fn, average_every=0):
         @tf.function
         def run(n, *fixed_batch):
             total = tf.constant(0.0)
-            for _ in tf.range(n):
+            for i in tf.range(n):
                 batch = fixed_batch[0] if fixed_batch else next(iterator)
                 result = strategy.run(replica_fn, args=(batch,))
                 total += tf.add_n(strategy.experimental_local_results(result))
+                if average_every and i % average_every == average_every - 1:
+                    total += tf.add_n(strategy.experimental_local_results(strategy.run(averaged)))
             return total
         return run
 
     fixed = next(iterator)
+    with_all_reduce = loop(reduced) if local_steps == 1 else loop(local, average_every=local_steps)
     runs = {"compute": (loop(local), (fixed,)), "with_input": (loop(local), ()),
-            "with_all_reduce": (loop(reduced), ())}
+            "with_all_reduce": (with_all_reduce, ())}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for run, args in runs.values():
         run(tf.constant(steps), *args)  # tracing and warm-up

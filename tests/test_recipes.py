@@ -28,14 +28,16 @@ def test_default_recipe_on_two_cpu_replicas_reaches_95_percent(tmp_path, loop):
     assert any("events" in p.name for p in logs.rglob("*"))  # TensorBoard
 
 
-@pytest.mark.parametrize("loop", ["fit", "custom"])
-def test_recipe_under_tfdp_launch_with_two_workers(tmp_path, loop):
+@pytest.mark.parametrize("loop,extra", [("fit", []), ("custom", []), ("custom", ["--local_steps=8"])],
+                         ids=["fit", "custom", "custom-local_steps-8"])
+def test_recipe_under_tfdp_launch_with_two_workers(tmp_path, loop, extra):
     result = run([sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--timeout", "240", "--",
                   *RECIPE, "--strategy=multi_worker", f"--data_dir={tmp_path / 'data'}",
-                  f"--model_dir={tmp_path / 'run'}", f"--loop={loop}"], timeout=300)  # the real default
+                  f"--model_dir={tmp_path / 'run'}", f"--loop={loop}", *extra], timeout=300)  # the real default
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["eval"]["accuracy"] >= 0.95
+    assert results["config"]["local_steps"] == (8 if extra else 1)
     assert "[worker 0] eval accuracy" in result.stdout and "[worker 1] eval accuracy" not in result.stdout
 
 
@@ -56,6 +58,8 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
      "--global_batch_size: global_batch_size=63 does not divide by the 2 replicas"),
     (["--grad_accum_steps=0"], "--grad_accum_steps"),
     (["--dataset=mnist"], "--dataset=mnist: not prepared under --data_dir"),
+    (["--local_steps=4"], "--local_steps > 1 needs --loop=custom"),
+    (["--loop=custom", "--outer_learning_rate=0.7"], "give --local_steps > 1 too"),
 ])
 def test_bad_flags_are_clear_errors(tmp_path, flags, message):
     result = run([*RECIPE, *flags, "--dry_run", f"--data_dir={tmp_path}"])
