@@ -26,6 +26,26 @@ flags.DEFINE_enum("dataset", "digits", datasets.NAMES,
                   "already prepared under --data_dir.")
 flags.DEFINE_string("data_dir", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"),
                     "Where the local dataset is written once and read from.")
+flags.DEFINE_float("target_accuracy", 0.95, "results.json records the training time until the test accuracy "
+                   "first reaches this (evaluated after every epoch).", lower_bound=0.0, upper_bound=1.0)
+
+
+def epoch_clock(keras, start: float, history: list):
+    """A callback appending each epoch's logs and the seconds since `start` to `history`."""
+
+    class EpochClock(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - start,
+                            **{k: float(v) for k, v in (logs or {}).items()}})
+
+    return EpochClock()
+
+
+def time_to_accuracy(history: list) -> dict:
+    """When the test accuracy first reached --target_accuracy (None: never)."""
+    reached = next((h for h in history if h.get("val_accuracy", 0.0) >= FLAGS.target_accuracy), None)
+    return {"target": FLAGS.target_accuracy, "epoch": reached and reached["epoch"],
+            "seconds": reached and reached["seconds"]}
 
 
 def compile_for_fit(keras, model, learning_rate):
@@ -36,15 +56,15 @@ def compile_for_fit(keras, model, learning_rate):
                   steps_per_execution=FLAGS.steps_per_loop)
 
 
-def train_with_fit(keras, model, train, test):
+def train_with_fit(keras, model, train, test, clock):
     tensorboard = keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs"))  # the chief's only
     history = model.fit(train, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, verbose=2,
-                        callbacks=[tensorboard])
+                        validation_data=test, callbacks=[tensorboard, clock])
     eval_loss, eval_accuracy = model.evaluate(test, verbose=0)
     return {k: float(v[-1]) for k, v in history.history.items()}, {"accuracy": eval_accuracy, "loss": eval_loss}
 
 
-def train_with_trainer(keras, tfdp, strategy, model, train, test, learning_rate):
+def train_with_trainer(keras, tfdp, strategy, model, train, test, learning_rate, clock):
     trainer = tfdp.Trainer(model, optimizer=keras.optimizers.Adam(learning_rate),
                            loss="sparse_categorical_crossentropy",
                            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], strategy=strategy,
@@ -52,7 +72,8 @@ def train_with_trainer(keras, tfdp, strategy, model, train, test, learning_rate)
                            clip_global_norm=FLAGS.clip_global_norm, steps_per_loop=FLAGS.steps_per_loop,
                            model_dir=os.path.join(FLAGS.model_dir, "trainer"), local_steps=FLAGS.local_steps,
                            outer_optimizer=recipe_flags.outer_optimizer_from_flags(keras))
-    history = trainer.fit(train, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch)
+    history = trainer.fit(train, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, validation_data=test,
+                          callbacks=[clock])
     evaluation = trainer.evaluate(test, verbose=0)
     trainer.close()
     return {k: v[-1] for k, v in history.history.items()}, evaluation
@@ -101,16 +122,19 @@ def main(argv):
         model = models.small_cnn(keras, data.image_shape, data.num_classes)
         if FLAGS.loop == "fit":
             compile_for_fit(keras, model, learning_rate)
-    start = time.perf_counter()
+    start, history = time.perf_counter(), []
+    clock = epoch_clock(keras, start, history)
     if FLAGS.loop == "fit":
-        train_logs, evaluation = train_with_fit(keras, model, train, test)
+        train_logs, evaluation = train_with_fit(keras, model, train, test, clock)
     else:
-        train_logs, evaluation = train_with_trainer(keras, tfdp, strategy, model, train, test, learning_rate)
+        train_logs, evaluation = train_with_trainer(keras, tfdp, strategy, model, train, test, learning_rate, clock)
     seconds = time.perf_counter() - start
     results = {
         "eval": {k: float(v) for k, v in evaluation.items()},
         "train": train_logs,
         "examples_per_sec": data.num_train * FLAGS.epochs / seconds,
+        "history": history,
+        "time_to_accuracy": time_to_accuracy(history),
         "config": plan,
     }
     if tfdp.is_chief(strategy):

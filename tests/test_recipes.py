@@ -24,6 +24,10 @@ def test_default_recipe_on_two_cpu_replicas_reaches_95_percent(tmp_path, loop):
     assert results["eval"]["accuracy"] >= 0.95
     assert results["config"]["replicas"] == 2 and results["examples_per_sec"] > 0
     assert set(results["train"]) >= {"loss", "accuracy"}
+    assert [h["epoch"] for h in results["history"]] == list(range(1, 21))  # the default 20 epochs
+    assert all(0 <= h["val_accuracy"] <= 1 for h in results["history"])
+    reached = results["time_to_accuracy"]
+    assert reached["target"] == 0.95 and 0 < reached["seconds"] <= results["history"][-1]["seconds"]
     logs = tmp_path / "run" / ("logs" if loop == "fit" else "trainer")
     assert any("events" in p.name for p in logs.rglob("*"))  # TensorBoard
 
