@@ -34,15 +34,19 @@ def plain_loop(make_model, data, *, batch_size, epochs, clip=None, optimizer="sg
         epochs = 1
     for _ in range(epochs):
         for index in groups:
-            xb = {k: v[index] for k, v in x.items()}
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(keras.losses.mean_squared_error(y[index], model(xb, training=True)))
-                loss += tf.add_n(model.losses)
-            grads = tape.gradient(loss, model.trainable_variables)
-            if clip:
-                grads, _ = tf.clip_by_global_norm(grads, clip)
-            opt.apply_gradients(zip(grads, model.trainable_variables))
+            textbook_step(model, opt, {k: v[index] for k, v in x.items()}, y[index], clip=clip)
     return model.get_weights(), int(opt.iterations.numpy())
+
+
+def textbook_step(model, opt, x, y, *, clip=None):
+    """One optimizer step on one device: the mean mse + model.losses, clipped by global norm."""
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(keras.losses.mean_squared_error(y, model(x, training=True)))
+        loss += tf.add_n(model.losses)
+    grads = tape.gradient(loss, model.trainable_variables)
+    if clip:
+        grads, _ = tf.clip_by_global_norm(grads, clip)
+    opt.apply_gradients(zip(grads, model.trainable_variables))
 
 
 def run_trainer(strategy, data, *, epochs=2, batch_size=GLOBAL_BATCH, optimizer="sgd", steps_per_epoch=None,

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tfdp
 from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model
-from tests.test_trainer import assert_close, plain_loop, run_trainer
+from tests.test_trainer import assert_close, plain_loop, run_trainer, textbook_step
 from tests.workers import run_workers
 
 REPLICAS = 2
@@ -65,14 +65,7 @@ def local_sgd_reference(data, *, local_steps, epochs, optimizer="sgd", clip=None
                     opt.apply_gradients(zip([tf.zeros_like(v) for v in model.trainable_variables],
                                             model.trainable_variables))
                     continue
-                xb = {k: v[shard] for k, v in x.items()}
-                with tf.GradientTape() as tape:
-                    loss = tf.reduce_mean(keras.losses.mean_squared_error(y[shard], model(xb, training=True)))
-                    loss += tf.add_n(model.losses)
-                grads = tape.gradient(loss, model.trainable_variables)
-                if clip:
-                    grads, _ = tf.clip_by_global_norm(grads, clip)
-                opt.apply_gradients(zip(grads, model.trainable_variables))
+                textbook_step(model, opt, {k: v[shard] for k, v in x.items()}, y[shard], clip=clip)
             since += 1
             if since == local_steps:
                 average()
