@@ -130,3 +130,43 @@ def test_two_workers_see_every_example_once_per_epoch(tmp_path, caplog):
     chief_log = results[0].stderr
     assert "sharding by FILE (4 files over 2 workers)" in chief_log or "sharding by" in chief_log
     assert "3 files on 2 workers" in chief_log
+
+
+VOTE_WORKER = """
+import json, os, sys, keras, numpy as np, tensorflow as tf, tfdp
+from tests.models import OPTIMIZERS, dict_data, dict_model
+strategy = tfdp.create_strategy()
+n, how = int(sys.argv[1]), sys.argv[2]
+x, y = dict_data(n)
+if how == "global":  # full global batches: every worker gets the same number of full batches
+    data = tfdp.data.distribute_global_batches(strategy, tf.data.Dataset.from_tensor_slices((x, y)).batch(
+        8, drop_remainder=True))
+else:  # unbatched, DATA-sharded, dropping remainders: worker 0 may get one more full batch
+    data = tfdp.data.distribute(strategy, tf.data.Dataset.from_tensor_slices((x, y)), global_batch_size=8,
+                                drop_remainder=True)
+keras.utils.set_random_seed(7)
+with strategy.scope():
+    model = dict_model()
+trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS["adam"](), loss="mse", strategy=strategy)
+trainer.fit(data, epochs=2, verbose=0)
+print("RESULT " + json.dumps({"vote": bool(data._enable_get_next_as_optional),
+                              "weights": [w.tolist() for w in model.get_weights()]}))
+"""
+
+
+@pytest.mark.parametrize("n,how,vote", [(44, "global", False), (48, "unbatched", False),
+                                        (47, "unbatched", True)])  # 47: 24 and 23 examples, 6 and 5 batches
+def test_the_end_of_data_vote_is_skipped_only_where_every_worker_has_the_same_full_batches(n, how, vote):
+    results = run_workers(VOTE_WORKER, num_workers=2, timeout=180, args=(str(n), how))
+    for r in results:  # a wrong skip would leave worker 0 waiting for worker 1 in a 6th step: a timeout
+        assert r.returncode == 0, r.stderr[-3000:]
+    reports = [r.json_lines()[0] for r in results]
+    assert [rep["vote"] for rep in reports] == [vote, vote]
+    assert reports[0]["weights"] == reports[1]["weights"]
+    if how == "global":  # the 5 full batches of 8, as on one device
+        from tests.models import dict_data, dict_model
+        from tests.test_trainer import assert_close, plain_loop
+        x, y = dict_data(n)
+        expected, _ = plain_loop(dict_model, ({k: v[:40] for k, v in x.items()}, y[:40]), batch_size=8, epochs=2,
+                                 optimizer="adam")
+        assert_close([np.array(w) for w in reports[0]["weights"]], expected)

@@ -9,6 +9,7 @@ renamed `TensorFlowTrainer` to `Trainer` and the base `Trainer` to `BaseTrainer`
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
 
@@ -165,3 +166,26 @@ def resolve_metric(identifier, y_true, y_pred):
     """A metric from a name as `model.compile` resolves it ("accuracy" by the label and output shapes)."""
     compile_utils = _import("keras.src.trainers.compile_utils")
     return _attribute(compile_utils, "get_metric", compile_utils.__name__)(identifier, y_true, y_pred)
+
+
+@contextlib.contextmanager
+def partial_batch_handling_off(strategy):
+    """Datasets distributed inside skip tf.distribute's per-step cross-worker end-of-data vote.
+
+    TensorFlow reads `extended.enable_partial_batch_handling` (older releases:
+    `experimental_enable_get_next_as_optional`) when a distributed dataset is built.
+    """
+    extended = strategy.extended
+    names = [n for n in ("enable_partial_batch_handling", "experimental_enable_get_next_as_optional")
+             if hasattr(extended, n)]
+    if not names:
+        raise MissingInternal("tf.distribute: the strategy has no partial-batch-handling switch "
+                              "(enable_partial_batch_handling).")
+    saved = {n: getattr(extended, n) for n in names}
+    for n in names:
+        setattr(extended, n, False)
+    try:
+        yield
+    finally:
+        for n, value in saved.items():
+            setattr(extended, n, value)

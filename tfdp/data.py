@@ -205,7 +205,29 @@ def distribute(strategy: tf.distribute.Strategy, dataset_or_fn: DatasetOrFn, *, 
         dataset = dataset.batch(per_replica, drop_remainder=drop_remainder)
         return dataset.prefetch(prefetch) if prefetch is not None else dataset
 
+    if _same_full_batches_on_every_worker(strategy, dataset_or_fn, shard, per_replica, drop_remainder):
+        with _compat.partial_batch_handling_off(strategy):
+            return strategy.distribute_datasets_from_function(dataset_fn)
     return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _same_full_batches_on_every_worker(strategy, dataset_or_fn, shard: str, per_replica: int,
+                                       drop_remainder: bool) -> bool:
+    """Whether every worker provably reads the same number of full batches, and nothing else.
+
+    Then the cross-worker end-of-data vote tf.distribute adds to every step of a finite
+    dataset under multi_worker (one all-reduce per step) cannot change anything and is
+    skipped: DATA sharding of a dataset of known size, drop_remainder, one replica per
+    worker, and floor(ceil((size - w) / workers) / batch) the same for every worker w.
+    """
+    workers = roles.num_workers(strategy)
+    if workers < 2 or strategy.num_replicas_in_sync != workers or not drop_remainder \
+            or not isinstance(dataset_or_fn, tf.data.Dataset):
+        return False
+    size = int(dataset_or_fn.cardinality())
+    if size < 0 or _resolve_policy(dataset_or_fn, shard, workers)[0] != "data":
+        return False
+    return len({-(-(size - w) // workers) // per_replica for w in range(workers)}) == 1
 
 
 def tfds_dataset_fn(builder: "tfds.core.DatasetBuilder", split: str, **as_dataset_kwargs
@@ -256,4 +278,8 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, dataset: tf.data
             raise ConfigError("the dataset yields no batch, so nothing would train. Fix: check the dataset "
                               "(an empty file list, a filter that drops everything, or take(0)).")
         batch_size = int(tf.shape(tf.nest.flatten(first)[0])[0])
-    return distribute(strategy, dataset.unbatch(), global_batch_size=batch_size, drop_remainder=drop_remainder)
+    unbatched = dataset.unbatch()
+    batches = int(dataset.cardinality())
+    if drop_remainder and batches >= 0:  # full batches of a known count: the size is known too
+        unbatched = unbatched.apply(tf.data.experimental.assert_cardinality(batches * batch_size))
+    return distribute(strategy, unbatched, global_batch_size=batch_size, drop_remainder=drop_remainder)
