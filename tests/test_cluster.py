@@ -266,8 +266,8 @@ def test_slurm_command_line_prints_tf_config_without_warnings():
 
 
 def test_python_dash_m_tfdp_cluster_prints_no_runtime_warning():
-    result = subprocess.run([sys.executable, "-W", "error", "-m", "tfdp.cluster", "slurm"], capture_output=True,
-                            text=True, timeout=60, env={**_env(SLURM)}, cwd=ROOT)
+    command = [sys.executable, "-W", "error", "-m", "tfdp.cluster", "slurm"]
+    result = subprocess.run(command, timeout=60, capture_output=True, text=True, env=_env(SLURM), cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "" and json.loads(result.stdout)["task"]["index"] == 3
 
@@ -307,7 +307,7 @@ def test_bad_pod_variables_name_the_variable(change, message):
 
 
 def test_kubernetes_command_line_prints_tf_config():
-    result = subprocess.run([sys.executable, "-m", "tfdp.cluster", "kubernetes"], capture_output=True, text=True,
-                            timeout=60, env=_env(_pod(2)), cwd=ROOT)
+    command = [sys.executable, "-m", "tfdp.cluster", "kubernetes"]
+    result = subprocess.run(command, timeout=60, capture_output=True, text=True, env=_env(_pod(2)), cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["task"] == {"type": "worker", "index": 2}
