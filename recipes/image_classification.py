@@ -107,6 +107,7 @@ def main(argv):
             "grad_accum_steps": FLAGS.grad_accum_steps, "clip_global_norm": FLAGS.clip_global_norm,
             "steps_per_loop": FLAGS.steps_per_loop, "local_steps": FLAGS.local_steps,
             "outer_learning_rate": FLAGS.outer_learning_rate, "outer_momentum": FLAGS.outer_momentum,
+            "target_accuracy": FLAGS.target_accuracy,
             "train_examples": data.num_train}
     if FLAGS.dry_run:
         print(json.dumps(plan, indent=2))

@@ -55,6 +55,26 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_dry_run_records_the_local_step_flags(tmp_path):
+    result = run([*RECIPE, "--strategy=mirrored", "--num_cpu_replicas=2", "--dry_run", "--loop=custom",
+                  "--local_steps=4", "--outer_learning_rate=0.7", "--outer_momentum=0.5", "--target_accuracy=0.9",
+                  f"--data_dir={tmp_path / 'data'}", f"--model_dir={tmp_path / 'run'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads(result.stdout[result.stdout.index("{"):])
+    assert (plan["local_steps"], plan["outer_learning_rate"], plan["outer_momentum"]) == (4, 0.7, 0.5)
+    assert plan["target_accuracy"] == 0.9
+
+
+def test_startup_timeout_bounds_waiting_for_a_worker_that_never_comes(tmp_path):
+    from tfdp.cluster import TFConfig
+    from tfdp.launch import free_ports
+    env = {"TF_CONFIG": TFConfig.local_workers(free_ports(2), 0).to_json()}  # worker 1 never starts
+    result = subprocess.run([*RECIPE, "--startup_timeout=5", f"--model_dir={tmp_path}"], timeout=120,
+                            capture_output=True, text=True, cwd=ROOT, env=_env(env))
+    assert result.returncode != 0
+    assert "did not form within 5 s" in result.stderr and "worker 1 (127.0.0.1:" in result.stderr
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--strategy=mirored"], "mirrored"),
     (["--loop=keras"], "--loop"),
