@@ -1,4 +1,8 @@
-"""The image datasets of the recipes, as (image, label) datasets with what the model needs."""
+"""The image datasets of the recipes, as (image, label) datasets with what the model needs.
+
+TensorFlow is imported when a dataset is loaded, not with this module: the recipes'
+flags (and --help) need NAMES before anything starts TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,12 @@ import dataclasses
 import fcntl
 import os
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 NAMES = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10")
 SYNTHETIC_SHAPE, SYNTHETIC_TRAIN, SYNTHETIC_TEST = (32, 32, 3), 4096, 512
@@ -36,6 +44,8 @@ def _digits(data_dir: str) -> Splits:
 
 def _synthetic() -> Splits:
     """Random images with a learnable label (the sign pattern of channel means), for benchmarks."""
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
 
     def split(n):
@@ -47,6 +57,7 @@ def _synthetic() -> Splits:
 
 
 def _tfds(name: str, data_dir: str) -> Splits:
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=data_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from absl import flags
 
 import tfdp
-from tfdp.strategy import COMMUNICATIONS, STRATEGY_NAMES
+from tfdp.strategy_names import COMMUNICATIONS, STRATEGY_NAMES
 
 FLAGS = flags.FLAGS
 
@@ -63,7 +63,12 @@ def outer_optimizer_from_flags(keras):
 
 
 def create_strategy_from_flags() -> "tfdp.strategy.tf.distribute.Strategy":
-    """The strategy the flags ask for (call first: it may start the TF runtime)."""
+    """The strategy the flags ask for (call first: it may start the TF runtime).
+
+    TF_CONFIG is checked before TensorFlow is imported, so a malformed one costs a clear
+    error at once, not after TensorFlow's start-up.
+    """
+    tfdp.cluster.TFConfig.from_env()
     return tfdp.create_strategy(FLAGS.strategy, num_cpu_replicas=FLAGS.num_cpu_replicas,
                                 communication=FLAGS.communication,
                                 timeout_seconds=FLAGS.collective_timeout,

@@ -20,6 +20,7 @@ from recipes import flags as recipe_flags
 FLAGS = flags.FLAGS
 recipe_flags.define_strategy_flags()
 recipe_flags.define_training_flags(global_batch_size=64, epochs=20, learning_rate=0.003)
+flags.adopt_module_key_flags(recipe_flags)  # --help lists the strategy and training flags too
 flags.DEFINE_enum("dataset", "digits", datasets.NAMES,
                   "digits: scikit-learn's digits, written once as a local TFDS dataset (no download); "
                   "synthetic: random images for benchmarks; mnist/fashion_mnist/cifar10: TFDS data "
@@ -81,10 +82,13 @@ def train_with_trainer(keras, tfdp, strategy, model, train, test, learning_rate,
 
 def main(argv):
     del argv
-    strategy = recipe_flags.create_strategy_from_flags()
-    import keras
-
     import tfdp
+
+    try:
+        strategy = recipe_flags.create_strategy_from_flags()
+    except tfdp.ConfigError as e:
+        raise app.UsageError(str(e)) from None
+    import keras
 
     batch = FLAGS.global_batch_size
     try:

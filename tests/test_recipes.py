@@ -75,6 +75,29 @@ def test_startup_timeout_bounds_waiting_for_a_worker_that_never_comes(tmp_path):
     assert "did not form within 5 s" in result.stderr and "worker 1 (127.0.0.1:" in result.stderr
 
 
+# Runs the recipe with `args`, then says whether TensorFlow was ever imported.
+WITHOUT_TF = ("import atexit, runpy, sys; atexit.register(lambda: print('TF imported:', 'tensorflow' in sys.modules)); "
+              "sys.argv = ['image_classification', *sys.argv[1:]]; "
+              "runpy.run_module('recipes.image_classification', run_name='__main__')")
+
+
+def test_help_lists_every_recipe_flag_without_starting_tensorflow():
+    result = run([sys.executable, "-c", WITHOUT_TF, "--help"])
+    listed = {line.split(":")[0].strip().replace("[no]", "") for line in result.stdout.splitlines()
+              if line.startswith("  --")}
+    assert {"--strategy", "--num_cpu_replicas", "--loop", "--local_steps", "--global_batch_size", "--epochs",
+            "--dataset", "--model_dir", "--startup_timeout"} <= listed
+    assert "TF imported: False" in result.stdout
+
+
+def test_a_malformed_tf_config_is_reported_before_tensorflow_starts(tmp_path):
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TF, "--dry_run", f"--model_dir={tmp_path}"], timeout=120,
+                            capture_output=True, text=True, cwd=ROOT, env=_env({"TF_CONFIG": "{"}))
+    assert result.returncode != 0
+    assert "TF_CONFIG is not valid JSON" in result.stderr and "Traceback" not in result.stderr
+    assert "TF imported: False" in result.stdout
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--strategy=mirored"], "mirrored"),
     (["--loop=keras"], "--loop"),

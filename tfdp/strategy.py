@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from tfdp import _compat, keras_fixes, preemption, stacks
 from tfdp.startup import StartupWatchdog
+from tfdp.strategy_names import COMMUNICATIONS, STRATEGY_NAMES
 from tfdp import cluster as cluster_lib
 from tfdp.roles import is_chief, num_workers
 from tfdp._requirements import import_tensorflow
@@ -25,8 +26,6 @@ tf = import_tensorflow()
 
 __all__ = ["create_strategy", "is_chief", "num_workers", "STRATEGY_NAMES", "COMMUNICATIONS"]
 
-STRATEGY_NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker")
-COMMUNICATIONS = ("auto", "ring", "nccl")
 # Bounds every collective of a multi_worker strategy unless the caller says otherwise,
 # so a worker that is alive but stuck ends the job instead of hanging its peers.
 DEFAULT_MULTI_WORKER_TIMEOUT_SECONDS = 300.0
