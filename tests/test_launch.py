@@ -108,14 +108,23 @@ def test_timeout_stops_the_job():
 
 
 def _lines_with(stream, text: str, *, count: int, seconds: float = 30) -> list[str]:
-    """The first `count` lines of `stream` that contain `text`, read for at most `seconds` (fewer if they never come)."""
-    found, deadline = [], time.monotonic() + seconds
+    """The first `count` lines of `stream` that contain `text`, read for at most `seconds` (fewer if they never come).
+
+    Reads the pipe's file descriptor directly: a buffered readline after select() can leave a
+    second line in Python's buffer, where select() never sees it.
+    """
+    fd, found, pending = stream.fileno(), [], b""
+    deadline = time.monotonic() + seconds
     while len(found) < count and time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 1.0)
-        line = stream.readline() if ready else ""
-        if text in line:
-            found.append(line)
-    return found
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:  # the launcher ended
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        found += [line for line in (raw.decode(errors="replace") for raw in lines) if text in line]
+    return found[:count]
 
 
 def _alive(pid):
