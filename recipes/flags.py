@@ -62,13 +62,12 @@ def outer_optimizer_from_flags(keras):
     return keras.optimizers.SGD(FLAGS.outer_learning_rate, momentum=FLAGS.outer_momentum, nesterov=True)
 
 
-def create_strategy_from_flags() -> "tfdp.strategy.tf.distribute.Strategy":
+def create_strategy_from_flags() -> "tf.distribute.Strategy":
     """The strategy the flags ask for (call first: it may start the TF runtime).
 
-    TF_CONFIG is checked before TensorFlow is imported, so a malformed one costs a clear
-    error at once, not after TensorFlow's start-up.
+    create_strategy checks TF_CONFIG before TensorFlow is imported, so a malformed one
+    costs a clear error at once, not after TensorFlow's start-up.
     """
-    tfdp.cluster.TFConfig.from_env()
     return tfdp.create_strategy(FLAGS.strategy, num_cpu_replicas=FLAGS.num_cpu_replicas,
                                 communication=FLAGS.communication,
                                 timeout_seconds=FLAGS.collective_timeout,

@@ -14,7 +14,9 @@ import socket
 import zlib
 from collections.abc import Sequence
 
-from tfdp import _compat, keras_fixes, preemption, stacks
+from typing import TYPE_CHECKING
+
+from tfdp import _compat, stacks
 from tfdp.startup import StartupWatchdog
 from tfdp.strategy_names import COMMUNICATIONS, STRATEGY_NAMES
 from tfdp import cluster as cluster_lib
@@ -22,7 +24,8 @@ from tfdp.roles import is_chief, num_workers
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 
-tf = import_tensorflow()
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 __all__ = ["create_strategy", "is_chief", "num_workers", "STRATEGY_NAMES", "COMMUNICATIONS"]
 
@@ -79,6 +82,7 @@ def _check_arguments(name: str, num_cpu_replicas: int | None, devices: Sequence[
 
 def _configure_cpu_replicas(count: int) -> None:
     """Splits the physical CPU into `count` logical devices (once, before TF starts)."""
+    tf = import_tensorflow()
     cpu = tf.config.list_physical_devices("CPU")[0]
     wanted = [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
     current = tf.config.get_logical_device_configuration(cpu)
@@ -102,12 +106,14 @@ def _resolve_name(name: str, tf_config: cluster_lib.TFConfig | None,
         return "multi_worker"
     if (num_cpu_replicas or 1) > 1 or (devices is not None and len(devices) > 1):
         return "mirrored"
+    tf = import_tensorflow()
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return "mirrored"
     return "default"
 
 
 def _mirrored_cross_device_ops(communication: str, has_gpus: bool):
+    tf = import_tensorflow()
     if communication == "nccl":
         if not has_gpus:
             raise ConfigError('create_strategy(communication="nccl"): NCCL needs GPUs and none was '
@@ -162,6 +168,7 @@ def _agree_on_random_seed(tf_config: cluster_lib.TFConfig | None) -> None:
     new order each epoch. The seed comes from TFDP_SEED (tfdp-launch sets a fresh one per
     job), else from the cluster's addresses.
     """
+    tf = import_tensorflow()
     if tf_config is None or _compat.global_seed() is not None:
         return
     seed = os.environ.get(cluster_lib.SEED_ENV)
@@ -172,6 +179,7 @@ def _agree_on_random_seed(tf_config: cluster_lib.TFConfig | None) -> None:
 
 def _multi_worker(tf_config: cluster_lib.TFConfig | None, communication: str,
                   timeout_seconds: float | None, startup_timeout_seconds: float | None):
+    tf = import_tensorflow()
     if tf_config is not None:
         extra = [job for job in tf_config.cluster if job not in (*cluster_lib.TRAINING_TASK_TYPES, "evaluator")]
         if extra:
@@ -199,6 +207,7 @@ def _multi_worker(tf_config: cluster_lib.TFConfig | None, communication: str,
 
 
 def _make_multi_worker(options) -> tf.distribute.Strategy:
+    tf = import_tensorflow()
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except RuntimeError as e:
@@ -217,6 +226,8 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
 
     Call it first thing in the program: it may split the CPU into logical devices or
     start the multi-worker runtime, which TensorFlow allows only before it runs anything.
+    The arguments and TF_CONFIG are checked before TensorFlow is imported, so a mistake
+    is a ConfigError in well under a second.
 
     Args:
         name: "auto" (multi_worker when the cluster, read from TF_CONFIG or failing that
@@ -249,6 +260,10 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
     if tf_config is not None:  # what TensorFlow reads: "master" as "chief", Kubernetes' cluster
         os.environ[cluster_lib.ENV_VAR] = tf_config.to_json()
     resolved = _resolve_name(name, tf_config, num_cpu_replicas, devices)
+    # TensorFlow (seconds to import) only now that the arguments and TF_CONFIG are right.
+    tf = import_tensorflow()
+    from tfdp import keras_fixes, preemption
+
     if num_cpu_replicas is not None:
         _configure_cpu_replicas(num_cpu_replicas)
     has_gpus = bool(tf.config.list_physical_devices("GPU"))
