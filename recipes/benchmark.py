@@ -22,6 +22,8 @@ import time
 
 from absl import app, flags
 
+from recipes import flags as recipe_flags
+
 FLAGS = flags.FLAGS
 # name -> (placement, loop, steps per call, mixed precision, all-reduce dtype of the Trainer[, local steps])
 CONFIGS = {
@@ -50,7 +52,8 @@ DEFAULT = ["single-1t-fit-spe20", "single-1t-trainer", "single-1t-trainer-spl20"
            "workers2-trainer-spl20-ar16"]
 
 flags.DEFINE_list("configs", DEFAULT, f"Configurations to run, from: {', '.join(CONFIGS)}.")
-flags.DEFINE_enum("model", "cnn", ["cnn", "mlp"], "cnn: the recipe's small CNN on 32x32x3; mlp: 3 dense layers.")
+recipe_flags.define_enum("model", "cnn", ["cnn", "mlp"],
+                         "cnn: the recipe's small CNN on 32x32x3; mlp: 3 dense layers.")
 flags.DEFINE_integer("global_batch_size", 128, "Examples per step over all replicas and workers.", lower_bound=2)
 flags.DEFINE_integer("steps", 60, "Steps per measured epoch.", lower_bound=1)
 flags.DEFINE_integer("repeats", 3, "Measured epochs (the median is reported).", lower_bound=1)

@@ -7,6 +7,9 @@ multi-worker jobs read them like any sharded TFDS dataset.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 
 import numpy as np
@@ -43,9 +46,19 @@ def prepare(data_dir: str) -> tfds.core.DatasetBuilder:
         "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.float32),
         "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
     })
-    return tfds.dataset_builders.store_as_tfds_dataset(
-        name=NAME, version=VERSION, features=features, data_dir=data_dir,
-        split_datasets={split: tf.data.Dataset.from_tensor_slices(
-            {"image": images[index], "label": labels[index]}) for split, index in splits.items()},
-        download_config=tfds.download.DownloadConfig(num_shards=NUM_SHARDS),
-        description="scikit-learn's 8x8 handwritten digits (UCI), 80/20 split, seed 0.")
+    print(f"digits: writing scikit-learn's {len(labels)} digits once to {path} (no download)", flush=True)
+    # tfds speaks of "Downloading and preparing" and draws progress bars, though nothing is downloaded.
+    absl_logger, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl_logger.setLevel(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return tfds.dataset_builders.store_as_tfds_dataset(
+                name=NAME, version=VERSION, features=features, data_dir=data_dir,
+                split_datasets={split: tf.data.Dataset.from_tensor_slices(
+                    {"image": images[index], "label": labels[index]}) for split, index in splits.items()},
+                download_config=tfds.download.DownloadConfig(num_shards=NUM_SHARDS),
+                description="scikit-learn's 8x8 handwritten digits (UCI), 80/20 split, seed 0.")
+    finally:
+        absl_logger.setLevel(level)
+        tfds.display_progress_bar(True)

@@ -5,16 +5,33 @@ from __future__ import annotations
 from absl import flags
 
 import tfdp
+from tfdp.errors import did_you_mean
 from tfdp.strategy_names import COMMUNICATIONS, STRATEGY_NAMES
 
 FLAGS = flags.FLAGS
 
 
+class _EnumParser(flags.EnumParser):
+    """absl's enum parser, whose error also suggests the nearest value."""
+
+    def parse(self, argument):
+        try:
+            return super().parse(argument)
+        except ValueError as e:
+            raise ValueError(f"{e}.{did_you_mean(argument, self.enum_values)}") from None
+
+
+def define_enum(name: str, default: str | None, choices, help: str) -> None:  # noqa: A002 -- absl's word
+    """flags.DEFINE_enum, with a did-you-mean for a misspelled value."""
+    flags.DEFINE_enum(name, default, choices, help)
+    FLAGS[name].parser = _EnumParser(list(choices))
+
+
 def define_strategy_flags() -> None:
     """Flags that choose how the job is distributed."""
-    flags.DEFINE_enum("strategy", "auto", STRATEGY_NAMES, "tfdp.create_strategy name.")
+    define_enum("strategy", "auto", STRATEGY_NAMES, "tfdp.create_strategy name.")
     flags.DEFINE_integer("num_cpu_replicas", None, "Split the CPU into this many replicas.", lower_bound=1)
-    flags.DEFINE_enum("communication", "auto", COMMUNICATIONS, "All-reduce implementation.")
+    define_enum("communication", "auto", COMMUNICATIONS, "All-reduce implementation.")
     flags.DEFINE_float("collective_timeout", None, "Seconds before a multi-worker collective fails.")
     flags.DEFINE_float("startup_timeout", None, "Seconds to wait for every task of TF_CONFIG to start "
                        "(default 300).")
@@ -27,16 +44,21 @@ def define_training_flags(*, global_batch_size: int, epochs: int, learning_rate:
     flags.DEFINE_integer("epochs", epochs, "Passes over the training data.", lower_bound=1)
     flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: the whole data).", lower_bound=1)
     flags.DEFINE_float("learning_rate", learning_rate, "Learning rate at the reference batch size.")
-    flags.DEFINE_enum("lr_scaling", "none", ["none", "linear"],
+    define_enum("lr_scaling", "none", ["none", "linear"],
                       "linear: learning_rate x global_batch_size / reference_batch_size (Goyal et al.).")
     flags.DEFINE_integer("reference_batch_size", global_batch_size, "The batch --learning_rate is tuned for.",
                          lower_bound=1)
     flags.DEFINE_float("warmup_epochs", 0.0, "Ramp the learning rate up linearly over this many epochs.",
                        lower_bound=0.0)
-    flags.DEFINE_string("model_dir", "/tmp/tfdp_run", "Where results.json and logs go.")
+    flags.DEFINE_string("model_dir", None, "Where results.json, checkpoints and TensorBoard logs go. Default: "
+                        "/tmp/tfdp_runs/<job id>: the job of tfdp-launch (kept across its restarts, so a "
+                        "restarted job resumes), of SLURM or Kubernetes, or of TF_CONFIG's cluster; outside "
+                        "a job a new directory per run. A model_dir holding a finished run is left as it is.")
+    flags.DEFINE_integer("summary_every_steps", 10, "TensorBoard: training scalars every this many steps "
+                         "(besides the per-epoch train and validation curves).", lower_bound=1)
     flags.DEFINE_bool("dry_run", False, "Print the resolved plan and exit.")
-    flags.DEFINE_enum("loop", "fit", ["fit", "custom"], "model.fit, or tfdp.Trainer's custom loop.")
-    flags.DEFINE_enum("mixed_precision", None, ["mixed_float16", "mixed_bfloat16"], "Mixed precision policy.")
+    define_enum("loop", "fit", ["fit", "custom"], "model.fit, or tfdp.Trainer's custom loop.")
+    define_enum("mixed_precision", None, ["mixed_float16", "mixed_bfloat16"], "Mixed precision policy.")
     flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per optimizer step.", lower_bound=1)
     flags.DEFINE_float("clip_global_norm", None, "Clip the all-reduced gradient to this global norm.",
                        lower_bound=0.0)

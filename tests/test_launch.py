@@ -19,13 +19,14 @@ from tests.workers import ROOT, _env
 from tfdp.launch import parse_args
 
 LAUNCH = [sys.executable, "-m", "tfdp.launch"]
+SHOW_ALL = {"TFDP_CONSOLE": "all"}  # these tests read every worker's output from the launcher's
 
 # A worker without TensorFlow: says hello, then fails or sleeps as told.
 TOY_WORKER = """
 import json, os, signal, sys, time
 index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 restart = int(os.environ["TFDP_RESTART_COUNT"])
-print(f"hello {index} restart {restart} pid {os.getpid()}", flush=True)
+print(f"hello {index} restart {restart} pid {os.getpid()} job {os.environ['TFDP_JOB_ID']}", flush=True)
 mode = sys.argv[1]
 if mode == "ignore-term" and index == 0:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -40,7 +41,7 @@ time.sleep(float(sys.argv[2]))
 def launch(args, *, timeout, env=None):
     started = time.monotonic()
     result = subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=timeout,
-                            cwd=ROOT, env=_env(env))
+                            cwd=ROOT, env=_env({**SHOW_ALL, **(env or {})}))
     return result, time.monotonic() - started
 
 
@@ -75,11 +76,30 @@ def test_launcher_imports_no_tensorflow():
 
 
 def test_each_worker_gets_its_tf_config_and_a_prefixed_stream(tmp_path):
-    result, _ = launch(["--num_workers", "2", "--log_dir", str(tmp_path), "--", sys.executable, "-c",
-                        TOY_WORKER, "ok", "0"], timeout=60)
+    result, _ = launch(["--num_workers", "2", "--console", "all", "--log_dir", str(tmp_path), "--",
+                        sys.executable, "-c", TOY_WORKER, "ok", "0"], timeout=60)
     assert result.returncode == 0, result.stderr
     assert "[worker 0] hello 0 restart 0" in result.stdout and "[worker 1] hello 1 restart 0" in result.stdout
     assert "hello 1 restart 0" in (tmp_path / "worker-1.log").read_text()
+
+
+@pytest.mark.parametrize("console, shown", [("chief", [0]), ("none", [])])
+def test_console_shows_the_chief_by_default_and_log_dir_keeps_everything(tmp_path, console, shown):
+    args = [] if console == "chief" else ["--console", console]
+    result, _ = launch(["--num_workers", "2", *args, "--log_dir", str(tmp_path), "--", sys.executable, "-c",
+                        TOY_WORKER, "ok", "0"], timeout=60, env={"TFDP_CONSOLE": ""})  # the default
+    assert result.returncode == 0, result.stderr
+    assert [i for i in (0, 1) if f"[worker {i}] hello {i}" in result.stdout] == shown
+    assert all(f"hello {i} restart 0" in (tmp_path / f"worker-{i}.log").read_text() for i in (0, 1))
+    assert "tfdp-launch: exit code 0; worker 0 exit code 0, worker 1 exit code 0" in result.stderr  # closing line
+
+
+def test_a_failed_worker_is_reported_even_when_the_console_hides_it():
+    result, _ = launch(["--num_workers", "2", "--grace_period", "1", "--", sys.executable, "-c", TOY_WORKER,
+                        "fail", "30"], timeout=60, env={"TFDP_CONSOLE": ""})
+    assert result.returncode == 3
+    assert "[worker 1]" not in result.stdout
+    assert "worker 1 failed first (exit code 3); its last output:" in result.stderr and "giving up" in result.stderr
 
 
 def test_a_failing_worker_stops_the_job_fast_and_is_named():
@@ -92,12 +112,17 @@ def test_a_failing_worker_stops_the_job_fast_and_is_named():
     assert seconds < 30  # seconds, not the 120 s worker 0 would take
 
 
-def test_max_restarts_restarts_all_workers():
-    result, _ = launch(["--num_workers", "2", "--max_restarts", "1", "--", sys.executable, "-c",
+def test_max_restarts_restarts_all_workers_with_the_same_job_id():
+    result, _ = launch(["--num_workers", "2", "--console", "all", "--max_restarts", "1", "--", sys.executable, "-c",
                         TOY_WORKER, "fail-once", "0"], timeout=60)
     assert result.returncode == 0, result.stderr
     assert "restarting all 2 workers (restart 1 of 1)" in result.stderr
     assert "[worker 1] hello 1 restart 1" in result.stdout
+    job_ids = [line.rsplit(" job ", 1)[1] for line in result.stdout.splitlines() if "] hello " in line]
+    assert len(job_ids) == 4 and len(set(job_ids)) == 1  # 2 workers x 2 attempts, one job id
+    given, _ = launch(["--num_workers", "1", "--", sys.executable, "-c", TOY_WORKER, "ok", "0"], timeout=60,
+                      env={"TFDP_JOB_ID": "my-run"})
+    assert "[worker 0] hello 0 restart 0" in given.stdout and given.stdout.rstrip().endswith("job my-run")
 
 
 def test_timeout_stops_the_job():
@@ -147,7 +172,7 @@ def test_sigterm_to_the_launcher_leaves_no_process_behind():
     pids = []
     try:
         # worker 0 (it ignores SIGTERM)
-        pids = [int(line.split("pid")[1]) for line in _lines_with(launcher.stdout, "hello 0", count=1)]
+        pids = [int(line.split("pid")[1].split()[0]) for line in _lines_with(launcher.stdout, "hello 0", count=1)]
         assert pids, "worker 0 never started"
         launcher.send_signal(signal.SIGTERM)
         launcher.wait(timeout=30)
@@ -163,10 +188,10 @@ def test_sigkill_of_the_launcher_kills_every_worker_within_5_seconds():
     """Workers run in their own sessions; the kernel's parent-death signal still ends them."""
     command = [*LAUNCH, "--num_workers", "2", "--", sys.executable, "-c", TOY_WORKER, "ignore-term", "120"]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the 30 s deadline below, then SIGKILL
-                                stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(None))
+                                stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(SHOW_ALL))
     pids = []
     try:
-        pids = [int(line.split("pid")[1]) for line in _lines_with(launcher.stdout, "hello", count=2)]
+        pids = [int(line.split("pid")[1].split()[0]) for line in _lines_with(launcher.stdout, "hello", count=2)]
         assert len(pids) == 2, "the workers never started"
         launcher.kill()
         launcher.wait(timeout=30)
@@ -211,7 +236,7 @@ def test_a_running_job_listens_on_no_interface_of_the_host(network):
     command = [*LAUNCH, "--num_workers", "2", "--network", network, "--grace_period", "1", "--",
                sys.executable, "-c", LISTENING_WORKER]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the 30 s deadline below, then SIGKILL
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None), start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(SHOW_ALL), start_new_session=True)
     ports = []
     try:
         ports = [int(line.split("listening")[1]) for line in _lines_with(launcher.stdout, "listening", count=2)]
@@ -272,7 +297,7 @@ def test_a_killed_jobs_private_dirs_are_removed_at_the_next_start(tmp_path):
     env = {"TMPDIR": str(tmp_path)}
     command = [*LAUNCH, "--num_workers", "2", "--", sys.executable, "-c", PRIVATE_DIR_WORKER, "120"]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the 30 s deadline below, then SIGKILL
-                                stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(env))
+                                stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env({**SHOW_ALL, **env}))
     paths = []
     try:
         paths = [line.split("private", 1)[1].strip() for line in _lines_with(launcher.stdout, "private", count=2)]
@@ -408,13 +433,14 @@ for step in range(10_000):
 
 
 def test_a_stopped_worker_is_named_as_the_cause():
-    command = [*LAUNCH, "--num_workers", "2", "--grace_period", "1", "--", sys.executable, "-c", LOOPING_WORKER]
+    command = [*LAUNCH, "--num_workers", "2", "--console", "all", "--grace_period", "1", "--", sys.executable, "-c",
+               LOOPING_WORKER]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the deadlines below, then SIGKILL
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None), start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(SHOW_ALL), start_new_session=True)
     stopped = None
     try:
         for line in _lines_with(launcher.stdout, "[worker 1] step 3", count=1, seconds=90):
-            stopped = int(line.split("pid")[1])
+            stopped = int(line.split("pid")[1].split()[0])
             os.kill(stopped, signal.SIGSTOP)
         assert stopped, "worker 1 never reached step 3"
         _, stderr = launcher.communicate(timeout=120)
@@ -430,9 +456,10 @@ def test_a_stopped_worker_is_named_as_the_cause():
 
 def test_sigterm_stops_tensorflow_workers_at_once_not_after_the_grace_period():
     """TensorFlow's coordination service traps SIGTERM; tfdp gives it back its default action."""
-    command = [*LAUNCH, "--num_workers", "2", "--grace_period", "100", "--", sys.executable, "-c", LOOPING_WORKER]
+    command = [*LAUNCH, "--num_workers", "2", "--console", "all", "--grace_period", "100", "--", sys.executable, "-c",
+               LOOPING_WORKER]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the deadlines below, then SIGKILL
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None), start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(SHOW_ALL), start_new_session=True)
     try:
         assert _lines_with(launcher.stdout, "step 3", count=2, seconds=90), "the workers never reached step 3"
         signalled = time.monotonic()

@@ -253,7 +253,7 @@ def test_two_workers_killed_mid_epoch_resume_step_exact(tmp_path):
     env = {**_env(None), "OPTIONS": json.dumps(options), "OPTIMIZER": "adam", "KILL_EPOCH": "1",
            "KILL_STEP": "2"}
     marker = tmp_path / "killed"
-    command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--max_restarts", "1",
+    command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--console", "all", "--max_restarts", "1",
                "--grace_period", "5", "--", sys.executable, "-c",
                WORKER.replace("os.kill(os.getpid(), signal.SIGKILL)",
                               f"(os.path.exists({str(marker)!r}) or (open({str(marker)!r}, 'w').close(), "
@@ -358,7 +358,8 @@ def test_sigterm_to_the_launcher_saves_at_an_agreed_step_and_the_next_run_resume
         "os.kill(os.getppid(), signal.SIGTERM)))")
     env = {**_env(None), "OPTIONS": json.dumps({"fit": {"steps_per_epoch": 4}}), "OPTIMIZER": "adam",
            "KILL_EPOCH": "1", "KILL_STEP": "1"}
-    command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--grace_period", "60", "--",
+    command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--console", "all", "--grace_period", "60",
+               "--",
                sys.executable, "-c", worker, str(tmp_path)]
     first = subprocess.run(command, timeout=300, capture_output=True, text=True, cwd=ROOT, env=env)
     assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]

@@ -160,3 +160,52 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(two_replic
     uninterrupted.fit(batches(), epochs=3, verbose=0)
     for a, b in zip(resumed.model.get_weights(), uninterrupted.model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def _scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard scalars of one run directory: tag -> [(step, value)]."""
+    found: dict[str, list[tuple[int, float]]] = {}
+    for name in sorted(os.listdir(run_dir)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(run_dir, name)):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+    return found
+
+
+def test_tensorboard_has_validation_curves_and_scalars_every_n_steps(two_replicas, tmp_path):
+    trainer = make_trainer(two_replicas, model_dir=str(tmp_path), summary_every_steps=2)
+    history = trainer.fit(batches(), epochs=2, verbose=0, validation_data=batches())
+    trainer.close()
+    train, validation = _scalars(tmp_path / "train"), _scalars(tmp_path / "validation")
+    assert [step for step, _ in train["epoch_loss"]] == [1, 2]
+    assert [v for _, v in validation["epoch_loss"]] == pytest.approx(history.history["val_loss"])
+    assert "epoch_learning_rate" in train and not any(tag.startswith("epoch_val_") for tag in train)
+    # 45 examples at a global batch of GLOBAL_BATCH: 6 steps per epoch, so steps 2, 4, ..., 12.
+    assert [step for step, _ in train["batch_loss"]] == [2, 4, 6, 8, 10, 12]
+
+
+class _HookRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.calls.append(("epoch_begin", epoch))
+
+    def on_test_begin(self, logs=None):
+        self.calls.append(("test_begin",))
+
+    def on_test_end(self, logs=None):
+        self.calls.append(("test_end", sorted(logs)))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(("epoch_end", epoch))
+
+
+def test_callbacks_see_the_validation_run_as_under_model_fit(two_replicas):
+    reference = _HookRecorder()
+    keras_fit(lambda: [reference], epochs=2)
+    recorder = _HookRecorder()
+    make_trainer(two_replicas).fit(batches(), epochs=2, verbose=0, callbacks=[recorder], validation_data=batches())
+    assert recorder.calls == reference.calls
+    assert ("test_end", ["loss"]) in recorder.calls

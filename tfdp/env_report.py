@@ -22,14 +22,15 @@ THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM
                     "KERAS_BACKEND", "TF_USE_LEGACY_KERAS")
 
 
-def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
+def versions() -> dict[str, str | None]:
+    """Python's and the installed packages' versions (None: not installed)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
-            versions[name] = importlib.metadata.version(name)
+            found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+            found[name] = None
+    return found
 
 
 def _cluster(environ: dict[str, str]) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def collect(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """The whole report as a JSON-ready dict."""
     env = dict(os.environ if environ is None else environ)
     return {
-        "versions": _versions(),
+        "versions": versions(),
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python_executable": sys.executable,
         "cores": {"machine": os.cpu_count(), "this_process": len(os.sched_getaffinity(0))},

@@ -5,7 +5,8 @@
 The job runs in a network namespace of its own (loopback only: TensorFlow's gRPC servers
 listen on every interface, unauthenticated; --network host opts out). Each worker gets
 its TF_CONFIG (addresses on 127.0.0.1, free ports from the OS), its
-output is streamed with a "[worker i]" prefix (and to --log_dir/worker-i.log), and when
+output goes to --log_dir/worker-i.log and, for the chief by default (--console), to the
+console with a "[worker i]" prefix; when
 any worker fails the others are stopped (SIGTERM, then SIGKILL after a grace period),
 the first failure is reported with the tail of its output, and the job is restarted
 from scratch up to --max_restarts times. No TensorFlow is imported here.
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tfdp import netns, stacks
-from tfdp.cluster import SEED_ENV, TFConfig
+from tfdp.cluster import JOB_ID_ENV, SEED_ENV, TFConfig
 
 RESTART_COUNT_ENV = "TFDP_RESTART_COUNT"
 TAIL_LINES = 20
@@ -60,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run N TensorFlow worker processes on this machine, each with its TF_CONFIG.",
         epilog="Every option can also be set by an environment variable (TFDP_NUM_WORKERS, "
                "TFDP_MAX_RESTARTS, TFDP_LOG_DIR, TFDP_TIMEOUT, TFDP_GRACE_PERIOD, TFDP_PORT, "
-               "TFDP_THREADS_PER_WORKER, TFDP_PIN, TFDP_GPUS_PER_WORKER, TFDP_NETWORK).")
+               "TFDP_THREADS_PER_WORKER, TFDP_PIN, TFDP_GPUS_PER_WORKER, TFDP_NETWORK, TFDP_CONSOLE). Each "
+               "worker also gets TFDP_JOB_ID, one id per job kept across restarts (set it to choose it).")
     parser.add_argument("--num_workers", type=int, default=_env_default("TFDP_NUM_WORKERS", None, int),
                         help="How many worker processes to start (required).")
     parser.add_argument("--max_restarts", type=int, default=_env_default("TFDP_MAX_RESTARTS", 0, int),
@@ -91,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
                              "workers, whose TensorFlow gRPC servers listen on every interface without "
                              "authentication, are reachable from this job's loopback only. host: on this "
                              "machine's network (a warning; for machines that allow no namespaces).")
+    parser.add_argument("--console", choices=["chief", "all", "none"], default=_env_default("TFDP_CONSOLE", "chief"),
+                        help="Whose output the console shows, each line prefixed [worker i]: chief (worker 0, the "
+                             "default), all, or none. --log_dir keeps every worker's whole output either way, and "
+                             "a failed worker's last lines are reported whatever this says.")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="The worker command, after --, e.g. -- python train.py --epochs=3")
     return parser
@@ -225,15 +231,16 @@ class Worker:
     reader: threading.Thread | None = None
 
 
-def _stream(worker: Worker, log_path: str | None, lock: threading.Lock) -> None:
+def _stream(worker: Worker, log_path: str | None, lock: threading.Lock, shown: bool) -> None:
     log = open(log_path, "a", encoding="utf-8") if log_path else None
     try:
         for line in worker.process.stdout:
             worker.tail.append(line.rstrip("\n"))
             worker.recent.append(line.rstrip("\n"))
-            with lock:
-                sys.stdout.write(f"[worker {worker.index}] {line}")
-                sys.stdout.flush()
+            if shown:
+                with lock:
+                    sys.stdout.write(f"[worker {worker.index}] {line}")
+                    sys.stdout.flush()
             if log:
                 log.write(line)
                 log.flush()
@@ -272,6 +279,7 @@ class Launcher:
         self.lock = threading.Lock()
         self.stop_signal: int | None = None
         self.seed = os.environ.get(SEED_ENV) or str(random.randrange(2**31))
+        self.job_id = os.environ.get(JOB_ID_ENV) or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
     def start(self, attempt: int) -> None:
         n = self.args.num_workers
@@ -283,7 +291,8 @@ class Launcher:
         for i, cores in enumerate(worker_cores(self.args)):
             env = dict(os.environ, TF_CONFIG=TFConfig.local_workers(ports, i).to_json(),
                        TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads,
-                       **{RESTART_COUNT_ENV: str(attempt), SEED_ENV: self.seed, "PYTHONUNBUFFERED": "1"})
+                       **{RESTART_COUNT_ENV: str(attempt), SEED_ENV: self.seed, JOB_ID_ENV: self.job_id,
+                          "PYTHONUNBUFFERED": "1"})
             if self.args.worker_gpus[i] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = self.args.worker_gpus[i]
             process = subprocess.Popen(self.args.command, env=env, stdout=subprocess.PIPE,
@@ -292,7 +301,8 @@ class Launcher:
                                        preexec_fn=functools.partial(_in_worker_before_exec, os.getpid(), cores))
             worker = Worker(i, process)
             log_path = os.path.join(self.args.log_dir, f"worker-{i}.log") if self.args.log_dir else None
-            worker.reader = threading.Thread(target=_stream, args=(worker, log_path, self.lock), daemon=True)
+            shown = self.args.console == "all" or (self.args.console == "chief" and i == 0)
+            worker.reader = threading.Thread(target=_stream, args=(worker, log_path, self.lock, shown), daemon=True)
             worker.reader.start()
             self.workers.append(worker)
 

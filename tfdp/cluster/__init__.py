@@ -6,7 +6,7 @@
 """
 
 from tfdp.cluster.slurm import expand_hostlist, expand_tasks_per_node
-from tfdp.cluster.tf_config import ENV_VAR, SEED_ENV, TASK_TYPES, TRAINING_TASK_TYPES, TFConfig
+from tfdp.cluster.tf_config import ENV_VAR, JOB_ID_ENV, SEED_ENV, TASK_TYPES, TRAINING_TASK_TYPES, TFConfig
 
-__all__ = ["TFConfig", "ENV_VAR", "SEED_ENV", "TASK_TYPES", "TRAINING_TASK_TYPES", "expand_hostlist",
+__all__ = ["TFConfig", "ENV_VAR", "JOB_ID_ENV", "SEED_ENV", "TASK_TYPES", "TRAINING_TASK_TYPES", "expand_hostlist",
            "expand_tasks_per_node"]

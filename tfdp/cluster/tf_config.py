@@ -31,6 +31,8 @@ from tfdp.errors import ConfigError, did_you_mean
 ENV_VAR = "TF_CONFIG"
 # One seed per job, the same on every worker (tfdp-launch sets it; tfdp.strategy reads it).
 SEED_ENV = "TFDP_SEED"
+# One id per job, the same on every worker and across the launcher's restarts (tfdp-launch sets it).
+JOB_ID_ENV = "TFDP_JOB_ID"
 TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 # Task types that take part in the all-reduce of a multi-worker strategy.
 TRAINING_TASK_TYPES = ("chief", "worker")

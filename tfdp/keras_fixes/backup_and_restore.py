@@ -15,7 +15,8 @@ their `.bkp` copies, `delete_checkpoint`); the previous backup is kept as `.bkp`
   renamed last, records the CRC-32 of the weights it belongs to: a kill between the two
   renames leaves a pair that does not match, and loading then rolls forward (the new
   metadata is complete) or falls back to the `.bkp` pair;
-- a resumed epoch skips (reads past, without training) the steps the backup holds;
+- a resumed epoch skips (reads past, without training) the steps the backup holds, and
+  the chief says where it resumed (`resumed from <file> at epoch E step S`);
 - SIGTERM during fit saves a backup at a step all workers agree on and exits with
   `tfdp.preemption.PREEMPTED_EXIT_CODE` (what Keras's docstring calls
   `save_before_preemption`, which Keras 3 does not implement; see tfdp/preemption.py).
@@ -126,6 +127,9 @@ def _load(self) -> None:
         steps = state.get("steps_done", 0)
         _progress[self] = {"steps_done": steps, "skip": steps}
         self._last_batch_seen = max(steps - 1, 0)
+        if on_chief(self):  # Keras resumes silently; the Trainer says the same line
+            print(f"resumed from {os.path.join(directory, _WEIGHTS + suffix)} at epoch {state['epoch']} "
+                  f"step {steps}", flush=True)
         return
     if any(os.path.exists(os.path.join(directory, name + suffix))
            for name in (_WEIGHTS, _METADATA) for suffix in ("", _PREVIOUS)):

@@ -66,7 +66,10 @@ class ModelDir:
         self.user_dir = os.path.join(path, "checkpoints")
         self.write_dir = self.user_dir if chief else tempfile.mkdtemp(prefix="tfdp-worker-")
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir, max_to_keep=max_checkpoints)
+        # As Keras's TensorBoard callback: train/ and validation/ runs, epoch_* and batch_* scalars.
         self.summaries = tf.summary.create_file_writer(os.path.join(path, "train")) if chief else None
+        self.validation_summaries = tf.summary.create_file_writer(os.path.join(path, "validation")) \
+            if chief else None
 
     def restore(self, strategy: tf.distribute.Strategy) -> str | None:
         """Restores the newest readable checkpoint of the chief's directory; returns its path.
@@ -116,12 +119,24 @@ class ModelDir:
         self.manager.save(checkpoint_number=epoch * 1_000_000 + step)
 
     def write_summaries(self, logs: dict, *, epoch: int, extra: dict) -> None:
+        """An epoch's scalars: `val_x` as `epoch_x` of the validation run, the rest of the train run."""
         if self.summaries is None:
             return
-        with self.summaries.as_default(step=epoch):
-            for name, value in {**logs, **extra}.items():
-                tf.summary.scalar(name, value)
-        self.summaries.flush()
+        validation = {name[len("val_"):]: value for name, value in logs.items() if name.startswith("val_")}
+        train = {name: value for name, value in {**logs, **extra}.items() if not name.startswith("val_")}
+        for writer, scalars in ((self.summaries, train), (self.validation_summaries, validation)):
+            with writer.as_default(step=epoch):
+                for name, value in scalars.items():
+                    tf.summary.scalar(f"epoch_{name}", value)
+            writer.flush()
+
+    def write_step_summaries(self, logs: dict, *, step: int) -> None:
+        """The training logs as `batch_*` scalars at optimizer step `step`."""
+        if self.summaries is None:
+            return
+        with self.summaries.as_default(step=step):
+            for name, value in logs.items():
+                tf.summary.scalar(f"batch_{name}", value)
 
     def close(self) -> None:
         """Removes a non-chief worker's private checkpoint directory."""

@@ -111,11 +111,14 @@ class Trainer:
         local_steps: 1 (default): every step all-reduces the gradients. H > 1: each
             replica applies its own gradients (its own mean, clipped, its own float16
             loss scale), and all weights are averaged over every replica and worker in
-            one all-reduce every H updates and at the end of every epoch; optimizer
-            slots stay local (tfdp/training/local_steps.py).
+            one all-reduce every H updates and at the end of every epoch, with the
+            optimizer's float slots (tfdp/training/local_steps.py).
         outer_optimizer: with local_steps > 1, a Keras optimizer applied to (previous
             average - new average) of the trainable weights, as DiLoCo (e.g.
             SGD(0.7, momentum=0.9, nesterov=True)); None: plain averaging.
+        summary_every_steps: also write the training loss and metrics to TensorBoard
+            (`batch_*` scalars at the optimizer step) at the end of the first loop at or
+            after every multiple of this many steps; None: once per epoch only.
     """
 
     def __init__(self, model: keras.Model, *, optimizer, loss=None, strategy: tf.distribute.Strategy,
@@ -123,13 +126,16 @@ class Trainer:
                  clip_global_norm: float | None = None, steps_per_loop: int = 1,
                  model_dir: str | None = None, all_reduce_dtype: str = "float32", max_checkpoints: int = 3,
                  save_every_steps: int | None = None, compute_loss: Callable | None = None,
-                 local_steps: int = 1, outer_optimizer=None):
+                 local_steps: int = 1, outer_optimizer=None,
+                 summary_every_steps: int | None = None):
         precision.check_model_matches(model, mixed_precision)
         self.model, self.strategy = model, strategy
         self.grad_accum_steps = _whole("Trainer", "grad_accum_steps", grad_accum_steps)
         self.steps_per_loop = _whole("Trainer", "steps_per_loop", steps_per_loop)
         _whole("Trainer", "max_checkpoints", max_checkpoints)
         self.save_every_steps = _whole("Trainer", "save_every_steps", save_every_steps, allow_none=True)
+        self.summary_every_steps = _whole("Trainer", "summary_every_steps", summary_every_steps, allow_none=True)
+        self._last_summary_step = 0
         if self.save_every_steps and not model_dir:
             raise ConfigError(f"Trainer(save_every_steps={save_every_steps}): checkpoints need a place. "
                               "Fix: give model_dir too.")
@@ -323,7 +329,10 @@ class Trainer:
             logs = self._logs()
             logs["examples_per_sec"] = float(self.loss_tracker.count.numpy()) / seconds if seconds else 0.0
             if validation_data is not None and _validate_after(epoch, validation_freq):
-                logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data, verbose=0).items()})
+                callback_list.on_test_begin()  # as model.fit: callbacks see the validation run
+                validation = self.evaluate(validation_data, verbose=0)
+                callback_list.on_test_end(validation)
+                logs.update({f"val_{k}": v for k, v in validation.items()})
             callback_list.on_epoch_end(epoch, logs)
             self.position.set(epoch + 1, 0, batches_read if steps_per_epoch else 0)
             self._save()
@@ -350,7 +359,9 @@ class Trainer:
             step, batches_read = step + ran, batches_read + read
             if ran:
                 fresh = False
-                callback_list.on_train_batch_end(step - 1, self._logs())
+                batch_logs = self._logs()
+                callback_list.on_train_batch_end(step - 1, batch_logs)
+                self._write_step_summaries(batch_logs)
                 if self.save_every_steps and step % self.save_every_steps == 0:
                     self.position.set(epoch, step, batches_read)
                     self._save()
@@ -388,6 +399,14 @@ class Trainer:
         if self.loss_scale:
             extra["loss_scale"] = float(self.loss_scale.scale.numpy())
         self.model_dir.write_summaries(logs, epoch=epoch, extra=extra)
+
+    def _write_step_summaries(self, logs: dict) -> None:
+        if self.model_dir is None or not self.summary_every_steps:
+            return
+        step = int(self.optimizer.iterations.numpy())
+        if step // self.summary_every_steps > self._last_summary_step // self.summary_every_steps:
+            self._last_summary_step = step
+            self.model_dir.write_step_summaries(logs, step=step)
 
     def _warn_about_skipped_steps(self) -> None:
         skipped = int(self.skipped_steps.numpy())
