@@ -54,6 +54,7 @@ DEFAULT = ["single-1t-fit-spe20", "single-1t-trainer", "single-1t-trainer-spl20"
 flags.DEFINE_list("configs", DEFAULT, f"Configurations to run, from: {', '.join(CONFIGS)}.")
 recipe_flags.define_enum("model", "cnn", ["cnn", "mlp"],
                          "cnn: the recipe's small CNN on 32x32x3; mlp: 3 dense layers.")
+flags.adopt_module_key_flags(recipe_flags)  # --model is defined through recipes/flags.py
 flags.DEFINE_integer("global_batch_size", 128, "Examples per step over all replicas and workers.", lower_bound=2)
 flags.DEFINE_integer("steps", 60, "Steps per measured epoch.", lower_bound=1)
 flags.DEFINE_integer("repeats", 3, "Measured epochs (the median is reported).", lower_bound=1)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from absl import flags
 
 import tfdp
 from tfdp.errors import did_you_mean
 from tfdp.strategy_names import COMMUNICATIONS, STRATEGY_NAMES
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 FLAGS = flags.FLAGS
 

@@ -25,15 +25,15 @@ from recipes import flags as recipe_flags
 FLAGS = flags.FLAGS
 recipe_flags.define_strategy_flags()
 recipe_flags.define_training_flags(global_batch_size=64, epochs=20, learning_rate=0.003)
-flags.adopt_module_key_flags(recipe_flags)  # --help lists the strategy and training flags too
 recipe_flags.define_enum("dataset", "digits", datasets.NAMES,
-                  "digits: scikit-learn's digits, written once as a local TFDS dataset (no download); "
-                  "synthetic: random images for benchmarks; mnist/fashion_mnist/cifar10: TFDS data "
-                  "already prepared under --data_dir.")
+                         "digits: scikit-learn's digits, written once as a local TFDS dataset (no download); "
+                         "synthetic: random images for benchmarks; mnist/fashion_mnist/cifar10: TFDS data "
+                         "already prepared under --data_dir.")
 flags.DEFINE_string("data_dir", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"),
                     "Where the local dataset is written once and read from.")
 flags.DEFINE_float("target_accuracy", 0.95, "results.json records the training time until the test accuracy "
                    "first reaches this (evaluated after every epoch).", lower_bound=0.0, upper_bound=1.0)
+flags.adopt_module_key_flags(recipe_flags)  # --help lists the flags defined in recipes/flags.py too
 
 
 def time_to_accuracy(history: list) -> dict:

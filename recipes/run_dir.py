@@ -2,7 +2,7 @@
 
 The default model_dir is per job, so that two runs of the same command never resume or
 overwrite each other, while the workers of one job (and a restarted job) share one:
-/tmp/tfdp_runs/<job id>, the job id being tfdp-launch's (stable across its restarts),
+/tmp/tfdp_runs/<job id> (TFDP_RUNS_DIR/<job id> when set), the job id being tfdp-launch's (stable across its restarts),
 SLURM's or Kubernetes' job, or the cluster of TF_CONFIG; a run outside any job gets a
 new timestamped directory.
 """
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from tfdp.cluster import JOB_ID_ENV, TFConfig
 
-ROOT = "/tmp/tfdp_runs"
+ROOT_ENV, DEFAULT_ROOT = "TFDP_RUNS_DIR", "/tmp/tfdp_runs"
 RESULTS = "results.json"
 
 
@@ -34,8 +34,9 @@ def job_id(environ: Mapping[str, str]) -> str:
 
 
 def resolve(model_dir: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """--model_dir, or the job's default directory under ROOT."""
-    return model_dir or os.path.join(ROOT, job_id(os.environ if environ is None else environ))
+    """--model_dir, or the job's default directory under TFDP_RUNS_DIR (default /tmp/tfdp_runs)."""
+    env = os.environ if environ is None else environ
+    return model_dir or os.path.join(env.get(ROOT_ENV) or DEFAULT_ROOT, job_id(env))
 
 
 def finished(model_dir: str) -> bool:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 
 import tfdp
 from tests.models import dict_data, dict_model, train
-from tests.workers import ROOT, _env
+from tests.workers import ROOT, _env, _lines_with
 from tfdp.launch import parse_args
 
 LAUNCH = [sys.executable, "-m", "tfdp.launch"]
@@ -130,26 +129,6 @@ def test_timeout_stops_the_job():
                               sys.executable, "-c", TOY_WORKER, "ok", "120"], timeout=60)
     assert result.returncode == 124 and "--timeout 2 s" in result.stderr
     assert seconds < 30
-
-
-def _lines_with(stream, text: str, *, count: int, seconds: float = 30) -> list[str]:
-    """The first `count` lines of `stream` that contain `text`, read for at most `seconds` (fewer if they never come).
-
-    Reads the pipe's file descriptor directly: a buffered readline after select() can leave a
-    second line in Python's buffer, where select() never sees it.
-    """
-    fd, found, pending = stream.fileno(), [], b""
-    deadline = time.monotonic() + seconds
-    while len(found) < count and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if not ready:
-            continue
-        chunk = os.read(fd, 65536)
-        if not chunk:  # the launcher ended
-            break
-        *lines, pending = (pending + chunk).split(b"\n")
-        found += [line for line in (raw.decode(errors="replace") for raw in lines) if text in line]
-    return found[:count]
 
 
 def _alive(pid):

@@ -1,12 +1,14 @@
 """The default recipe, end to end, as README.md's first command runs it."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.workers import ROOT, _env
+from tests.workers import ROOT, _env, _lines_with
 
 RECIPE = [sys.executable, "-m", "recipes.image_classification"]
 
@@ -28,8 +30,15 @@ def test_default_recipe_on_two_cpu_replicas_reaches_95_percent(tmp_path, loop):
     assert all(0 <= h["val_accuracy"] <= 1 for h in results["history"])
     reached = results["time_to_accuracy"]
     assert reached["target"] == 0.95 and 0 < reached["seconds"] <= results["history"][-1]["seconds"]
-    logs = tmp_path / "run" / ("logs" if loop == "fit" else "trainer")
-    assert any("events" in p.name for p in logs.rglob("*"))  # TensorBoard
+    assert 0 < results["time_to_first_step_seconds"] < results["history"][0]["seconds"] < results["wall_seconds"]
+    assert 0 < results["train_seconds"] < results["wall_seconds"]
+    assert results["train_examples_this_run"] == 20 * results["config"]["train_examples"]
+    assert results["examples_per_sec"] == pytest.approx(results["train_examples_this_run"] / results["train_seconds"])
+    assert "examples_per_sec" not in results["train"]  # one examples/s, defined in the file
+    assert results["versions"]["keras"] and results["versions"]["tfdp"]
+    logs = tmp_path / "run" / ("logs" if loop == "fit" else "")
+    for run_name in ("train", "validation"):  # TensorBoard: training and evaluation curves
+        assert any("events" in p.name for p in (logs / run_name).iterdir())
 
 
 @pytest.mark.parametrize("loop,extra", [("fit", []), ("custom", []), ("custom", ["--local_steps=8"])],
@@ -99,7 +108,8 @@ def test_a_malformed_tf_config_is_reported_before_tensorflow_starts(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--strategy=mirored"], "mirrored"),
+    (["--strategy=mirored"], 'value should be one of <auto|default|one_device|mirrored|multi_worker>. '
+                              'Did you mean "mirrored"?'),
     (["--loop=keras"], "--loop"),
     (["--strategy=mirrored", "--num_cpu_replicas=2", "--global_batch_size=63"],
      "--global_batch_size: global_batch_size=63 does not divide by the 2 replicas"),
@@ -112,6 +122,51 @@ def test_bad_flags_are_clear_errors(tmp_path, flags, message):
     result = run([*RECIPE, *flags, "--dry_run", f"--data_dir={tmp_path}"])
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_two_runs_of_the_same_command_both_train_in_their_own_model_dir(tmp_path):
+    command = [*RECIPE, "--strategy=mirrored", "--num_cpu_replicas=2", "--epochs=1", f"--data_dir={tmp_path / 'data'}"]
+    env = _env({"TFDP_RUNS_DIR": str(tmp_path / "runs")})
+    dirs = []
+    for _ in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        model_dir = next(line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("model_dir "))
+        results = json.loads((tmp_path / "runs" / model_dir / "results.json").read_text())
+        assert results["train"]["loss"] > 0 and results["train_examples_this_run"] > 0
+        dirs.append(model_dir)
+    assert dirs[0] != dirs[1] and all(d.startswith(str(tmp_path / "runs")) for d in dirs)
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_a_finished_model_dir_is_left_as_it_is(tmp_path, loop):
+    command = [*RECIPE, "--epochs=1", f"--loop={loop}", f"--data_dir={tmp_path / 'data'}", f"--model_dir={tmp_path}"]
+    assert run(command).returncode == 0
+    before = (tmp_path / "results.json").read_text()
+    again = run(command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"model_dir {tmp_path} holds a finished run (results.json); nothing to train" in again.stdout
+    assert "Epoch" not in again.stdout and (tmp_path / "results.json").read_text() == before
+
+
+def test_a_preempted_fit_resumes_and_says_where(tmp_path):
+    command = [*RECIPE, "--epochs=3", f"--data_dir={tmp_path / 'data'}", f"--model_dir={tmp_path / 'run'}"]
+    recipe = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the deadlines below, then SIGKILL
+                              stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(None), start_new_session=True)
+    try:
+        assert _lines_with(recipe.stdout, "Epoch 1/3", count=1, seconds=120), "the recipe never started training"
+        recipe.send_signal(signal.SIGTERM)  # during the first step (its tracing takes seconds)
+        output, _ = recipe.communicate(timeout=120)
+    finally:
+        if recipe.poll() is None:
+            os.killpg(recipe.pid, signal.SIGKILL)
+            recipe.wait()
+    assert recipe.returncode == 75 and "preempted (SIGTERM): saved epoch 0 step" in output
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'run' / 'backup' / 'latest.weights.h5'} at epoch 0 step" in resumed.stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [h["epoch"] for h in results["history"]] == [1, 2, 3] and results["train"]["loss"] > 0
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])

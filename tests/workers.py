@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -99,3 +100,23 @@ def run_workers(code: str, *, num_workers: int, timeout: float = 180,
     envs = [{**(env or {}), "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
             for i in range(num_workers)]
     return run_processes([code] * num_workers, envs=envs, timeout=timeout, args=args)
+
+
+def _lines_with(stream, text: str, *, count: int, seconds: float = 30) -> list[str]:
+    """The first `count` lines of `stream` that contain `text`, read for at most `seconds` (fewer if they never come).
+
+    Reads the pipe's file descriptor directly: a buffered readline after select() can leave a
+    second line in Python's buffer, where select() never sees it.
+    """
+    fd, found, pending = stream.fileno(), [], b""
+    deadline = time.monotonic() + seconds
+    while len(found) < count and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:  # the launcher ended
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        found += [line for line in (raw.decode(errors="replace") for raw in lines) if text in line]
+    return found[:count]
