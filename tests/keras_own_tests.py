@@ -85,14 +85,14 @@ def _outcomes(junit_xml: str) -> dict[str, str]:
     return outcomes
 
 
-def test_files(keras_src: Path, tmp: str) -> tuple[Path, str]:
-    """(directory holding TEST_FILES, where they come from).
+def test_files(keras_src: Path, tmp: str, files: tuple[str, ...]) -> tuple[Path, str]:
+    """(directory holding `files`, where they come from).
 
     The installed wheel's own files when it ships them; keras-nightly ships none, so then
     the files of the released Keras wheel TESTS_RELEASE (from the package index) test the
     installed Keras.
     """
-    if all((keras_src / name).exists() for name in TEST_FILES):
+    if all((keras_src / name).exists() for name in files):
         return keras_src, "the installed wheel"
     download = os.path.join(tmp, "wheel")
     command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", download, f"keras=={TESTS_RELEASE}"]
@@ -100,7 +100,7 @@ def test_files(keras_src: Path, tmp: str) -> tuple[Path, str]:
     target = Path(tmp) / "keras_tests"
     trainer_module = importlib.import_module("keras.src.backend.tensorflow.trainer")
     with zipfile.ZipFile(next(Path(download).glob("keras-*.whl"))) as wheel:
-        for name in TEST_FILES:
+        for name in files:
             text = wheel.read(f"keras/src/{name}").decode()
             for old, (new, attribute) in RENAMES.items():
                 if not hasattr(trainer_module, attribute):
@@ -110,15 +110,15 @@ def test_files(keras_src: Path, tmp: str) -> tuple[Path, str]:
     return target, f"the keras {TESTS_RELEASE} wheel (this Keras ships no tests)"
 
 
-def run(tests: Path, repairs: bool, tmp: str) -> dict[str, str]:
-    """Outcome of every test in TEST_FILES, in one fresh pytest process."""
+def run(tests: Path, files: tuple[str, ...], repairs: bool, tmp: str) -> dict[str, str]:
+    """Outcome of every test in `files`, in one fresh pytest process."""
     report = os.path.join(tmp, f"{'repaired' if repairs else 'stock'}.xml")
     missing = [name for name in OPTIONAL_PACKAGES
                if subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, timeout=120).returncode]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
                "--rootdir", str(tests), "--import-mode=importlib", "-p", "tests.keras_own_tests", f"--junitxml={report}",
                *(["-k", " and ".join(f"not {name}" for name in missing)] if missing else []),
-               *[str(tests / name) for name in TEST_FILES]]
+               *[str(tests / name) for name in files]]
     env = {**os.environ, REPAIRS_ENV: "1" if repairs else "0", "PYTHONPATH": str(ROOT),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
@@ -135,15 +135,17 @@ def _counts(outcomes: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.parse_args(argv)
+    parser.add_argument("--files", nargs="+", choices=TEST_FILES, default=list(TEST_FILES), metavar="FILE",
+                        help=f"run only these of the test files (default: all of {', '.join(TEST_FILES)})")
+    files = tuple(parser.parse_args(argv).files)
     import keras
 
     keras_src = Path(keras.__file__).parent / "src"
     with tempfile.TemporaryDirectory() as tmp:
-        tests, source = test_files(keras_src, tmp)
-        stock = run(tests, repairs=False, tmp=tmp)
-        repaired = run(tests, repairs=True, tmp=tmp)
-    print(f"Keras {keras.__version__}: {len(TEST_FILES)} test files of the patched classes, from {source}")
+        tests, source = test_files(keras_src, tmp, files)
+        stock = run(tests, files, repairs=False, tmp=tmp)
+        repaired = run(tests, files, repairs=True, tmp=tmp)
+    print(f"Keras {keras.__version__}: {len(files)} test files of the patched classes, from {source}")
     print(f"  stock Keras:        {_counts(stock)}")
     print(f"  with tfdp repairs:  {_counts(repaired)}")
     both_failed = sorted(name for name, outcome in stock.items() if outcome == "failed" == repaired.get(name))

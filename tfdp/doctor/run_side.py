@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
             if layer.name in names:
                 layer.call = _without_training(layer.call)
     keras.utils.set_random_seed(SEED)
-    history = model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0)
+    history = model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=False)
     summary["metrics"] = {name: float(values[-1]) for name, values in history.history.items()}
     np.savez(os.path.join(args.out, FINAL.format(side=args.side)), *[v.numpy() for v in model.weights])
     with open(os.path.join(args.out, SUMMARY.format(side=args.side)), "w") as f:
