@@ -110,7 +110,8 @@ def _check(replicas: int, steps: int, global_batch_size: int, tolerance: float) 
 def _run(side: str, out: str, args: list[str], timeout_seconds: float) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    env.pop("TF_CONFIG", None)  # the comparison runs on this machine alone
+    env.pop("TF_CONFIG", None)  # the comparison runs on this machine alone,
+    env["CUDA_VISIBLE_DEVICES"] = ""  # on the CPU: one CPU device against N CPU replicas
     try:
         done = subprocess.run([sys.executable, "-m", "tfdp.doctor.run_side", "--side", side, "--out", out, *args], env=env, capture_output=True, text=True, timeout=timeout_seconds)  # noqa: E501
     except subprocess.TimeoutExpired:
