@@ -2,9 +2,9 @@
 
 Called before TensorFlow is imported. TensorFlow's C++ INFO and WARNING lines (oneDNN,
 CPU features, the auto-shard notes about tfds's `assert_cardinality`) are hidden unless
-TF_CPP_MIN_LOG_LEVEL is set; TensorFlow's Python INFO lines (each all-reduce it builds)
-and tensorflow-datasets' INFO lines (each dataset it opens) are dropped; warnings and
-errors of every library still show.
+TF_CPP_MIN_LOG_LEVEL is set; TensorFlow's Python INFO lines (each all-reduce it builds,
+each checkpoint it shards) and tensorflow-datasets' INFO lines (each dataset it opens)
+are dropped; warnings and errors of every library still show.
 """
 
 from __future__ import annotations
@@ -28,5 +28,6 @@ def quiet_libraries() -> None:
     """Hides the libraries' INFO output (call first in main, before TensorFlow starts)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    # tensorflow-datasets logs through absl's logger ("absl"), shared with the program's own INFO lines.
-    logging.getLogger("absl").addFilter(_BelowWarningFrom("tensorflow_datasets"))
+    # tensorflow-datasets and parts of TensorFlow (the checkpoint saver) log through absl's
+    # logger ("absl"), shared with the program's own INFO lines.
+    logging.getLogger("absl").addFilter(_BelowWarningFrom("tensorflow_datasets", "tensorflow"))

@@ -177,3 +177,13 @@ def test_synthetic_data_with_linear_scaling_and_warmup(tmp_path, loop):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["learning_rate"] == pytest.approx(0.003 * 128 / 64)
     assert results["config"]["train_examples"] == 4096 and results["eval"]["loss"] > 0
+
+
+def test_startup_latency_script_prints_seconds_and_which_commands_start_tensorflow():
+    result = run([sys.executable, "-m", "recipes.startup_latency", "--repeats", "1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line[:40].strip(): line[40:].split() for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == {"recipe --help", "recipe, bad --strategy", "recipe, malformed TF_CONFIG",
+                         "create_strategy, malformed TF_CONFIG", "tfdp env"}
+    assert all(float(seconds) > 0 for seconds, _ in rows.values())
+    assert [imported for _, imported in rows.values()] == ["no", "no", "no", "no", "yes"]
