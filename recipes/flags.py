@@ -74,6 +74,16 @@ def define_training_flags(*, global_batch_size: int, epochs: int, learning_rate:
     flags.DEFINE_float("outer_learning_rate", 0.0, "With --local_steps > 1: learning rate of a Nesterov SGD "
                        "outer optimizer on the averaged change, as DiLoCo (0: plain averaging).", lower_bound=0.0)
     flags.DEFINE_float("outer_momentum", 0.9, "Momentum of the outer optimizer.", lower_bound=0.0)
+    flags.DEFINE_integer("max_staleness", None, "--strategy=parameter_server: drop a step when more than this many "
+                         "other updates began since it read the weights (default: apply every update; staleness is "
+                         "measured and logged either way).", lower_bound=0)
+    flags.register_multi_flags_validator(
+        ["strategy", "loop"], lambda f: f["strategy"] != "parameter_server" or f["loop"] == "custom",
+        message="--strategy=parameter_server needs --loop=custom: Keras 3's model.fit has no asynchronous "
+                "parameter-server loop (keras-team/keras#18624); tfdp.Trainer has one.")
+    flags.register_multi_flags_validator(
+        ["max_staleness", "strategy"], lambda f: f["max_staleness"] is None or f["strategy"] == "parameter_server",
+        message="--max_staleness bounds asynchronous updates: it needs --strategy=parameter_server.")
     flags.register_multi_flags_validator(
         ["local_steps", "loop"], lambda f: f["local_steps"] == 1 or f["loop"] == "custom",
         message="--local_steps > 1 needs --loop=custom (tfdp.Trainer); model.fit all-reduces every step.")

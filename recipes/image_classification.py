@@ -21,6 +21,7 @@ from absl import app, flags
 from recipes import run_record  # first: its clock starts before TensorFlow is imported
 from recipes import console, datasets, models, run_dir
 from recipes import flags as recipe_flags
+from tfdp import roles
 
 FLAGS = flags.FLAGS
 recipe_flags.define_strategy_flags()
@@ -62,8 +63,8 @@ def train_with_fit(keras, model, train, test, clock, model_dir):
     return {k: float(v[-1]) for k, v in history.history.items()}, {"accuracy": eval_accuracy, "loss": eval_loss}
 
 
-def train_with_trainer(trainer, train, test, clock):
-    history = trainer.fit(train, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, validation_data=test,
+def train_with_trainer(trainer, train, test, clock, steps_per_epoch):
+    history = trainer.fit(train, epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch, validation_data=test,
                           callbacks=[clock])
     evaluation = trainer.evaluate(test, verbose=0)
     trainer.close()
@@ -78,14 +79,14 @@ def make_trainer(keras, tfdp, strategy, model, learning_rate, model_dir):
                         clip_global_norm=FLAGS.clip_global_norm, steps_per_loop=FLAGS.steps_per_loop,
                         model_dir=model_dir, local_steps=FLAGS.local_steps,
                         outer_optimizer=recipe_flags.outer_optimizer_from_flags(keras),
-                        summary_every_steps=FLAGS.summary_every_steps)
+                        summary_every_steps=FLAGS.summary_every_steps, max_staleness=FLAGS.max_staleness)
 
 
 def finished_on_any_worker(tfdp, strategy, finished: bool) -> bool:
     """Whether any worker found a finished run in model_dir (all workers then stop alike)."""
     import tensorflow as tf
 
-    if tfdp.strategy.num_workers(strategy) == 1:
+    if tfdp.strategy.num_workers(strategy) == 1 or roles.loop_on_chief_only(strategy):  # one process decides
         return finished
     mine = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(float(finished)))
     return bool(strategy.reduce("SUM", mine, axis=None).numpy() > 0)
@@ -126,8 +127,11 @@ def main(argv):
         or -(-data.num_train // batch)
     steps_per_epoch = batches_per_epoch // FLAGS.grad_accum_steps
     learning_rate, peak = recipe_flags.learning_rate_from_flags(keras, steps_per_epoch=steps_per_epoch)
+    asynchronous = roles.loop_on_chief_only(strategy)
+    cluster = tfdp.cluster.TFConfig.from_env().cluster if asynchronous else {}
     plan = {"strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
-            "workers": tfdp.strategy.num_workers(strategy), "global_batch_size": batch,
+            "workers": len(cluster["worker"]) if asynchronous else tfdp.strategy.num_workers(strategy),
+            "ps": len(cluster.get("ps", ())), "max_staleness": FLAGS.max_staleness, "global_batch_size": batch,
             "per_replica_batch_size": per_replica, "loop": FLAGS.loop, "epochs": FLAGS.epochs,
             "dataset": FLAGS.dataset, "learning_rate": peak, "lr_scaling": FLAGS.lr_scaling,
             "warmup_epochs": FLAGS.warmup_epochs, "mixed_precision": FLAGS.mixed_precision,
@@ -141,6 +145,9 @@ def main(argv):
         return
     if FLAGS.loop == "fit":
         train = data.train.shuffle(data.num_train, seed=0).batch(batch)
+        test = data.test.batch(batch)
+    elif asynchronous:  # each worker reads its own copy, in its own order; the chief evaluates
+        train = data.train.shuffle(data.num_train).repeat().batch(batch)
         test = data.test.batch(batch)
     else:  # tfdp's exactly-once sharding, batched per replica
         train = tfdp.data.distribute(strategy, data.train, global_batch_size=batch, shuffle_buffer=data.num_train,
@@ -160,7 +167,8 @@ def main(argv):
     if trainer is None:
         train_logs, evaluation = train_with_fit(keras, model, train, test, clock, model_dir)
     else:
-        train_logs, evaluation = train_with_trainer(trainer, train, test, clock)
+        train_logs, evaluation = train_with_trainer(  # asynchronous: an epoch is a number of steps, not a pass
+            trainer, train, test, clock, steps_per_epoch if asynchronous else FLAGS.steps_per_epoch)
     if not record.examples and chief:  # resumed from a save after the last epoch, before results.json
         print("training had already finished in model_dir (resumed at its end): evaluated only")
     results = {

@@ -108,8 +108,10 @@ def test_a_malformed_tf_config_is_reported_before_tensorflow_starts(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--strategy=mirored"], 'value should be one of <auto|default|one_device|mirrored|multi_worker>. '
-                              'Did you mean "mirrored"?'),
+    (["--strategy=mirored"], 'value should be one of <auto|default|one_device|mirrored|multi_worker|'
+                              'parameter_server>. Did you mean "mirrored"?'),
+    (["--strategy=parameter_server"], "--strategy=parameter_server needs --loop=custom"),
+    (["--max_staleness=2"], "--max_staleness bounds asynchronous updates: it needs --strategy=parameter_server"),
     (["--loop=keras"], "--loop"),
     (["--strategy=mirrored", "--num_cpu_replicas=2", "--global_batch_size=63"],
      "--global_batch_size: global_batch_size=63 does not divide by the 2 replicas"),

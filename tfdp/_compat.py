@@ -77,6 +77,23 @@ def base_optimizer_class() -> type:
     return _class_in_mro(keras.optimizers.SGD, _BASE_OPTIMIZER_MODULE)
 
 
+def tf_variable_class() -> type:
+    """The TensorFlow backend's Keras variable class (keras.src.backend.tensorflow.core.Variable)."""
+    module = _import("keras.src.backend.tensorflow.core")
+    return _attribute(module, "Variable", module.__name__)
+
+
+def in_stateless_scope() -> bool:
+    """Whether Keras records variable updates instead of applying them (a StatelessScope)."""
+    module = _import("keras.src.backend.common.stateless_scope")
+    return _attribute(module, "in_stateless_scope", module.__name__)()
+
+
+def variable_storage(variable):
+    """The tf.Variable (or distributed variable) that holds a Keras variable's value."""
+    return _attribute(variable, "_value", "Variable")
+
+
 def tf_trainer_module():
     """keras.src.backend.tensorflow.trainer: home of `reduce_per_replica` and its helpers."""
     return _import(_TF_TRAINER_MODULE)

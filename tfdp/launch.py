@@ -65,8 +65,13 @@ def _parser() -> argparse.ArgumentParser:
                "worker also gets TFDP_JOB_ID, one id per job kept across restarts (set it to choose it).")
     parser.add_argument("--num_workers", type=int, default=_env_default("TFDP_NUM_WORKERS", None, int),
                         help="How many worker processes to start (required).")
+    parser.add_argument("--num_ps", type=int, default=_env_default("TFDP_NUM_PS", 0, int),
+                        help="Parameter servers: with P > 0 the job is a chief, --num_workers workers and P ps "
+                             "tasks (create_strategy('parameter_server')); it ends when the chief ends, and a "
+                             "failed worker is restarted alone (it rejoins) instead of stopping the job.")
     parser.add_argument("--max_restarts", type=int, default=_env_default("TFDP_MAX_RESTARTS", 0, int),
-                        help="Restart all workers up to this many times after a failure.")
+                        help="Restart all workers up to this many times after a failure (with --num_ps: a failed "
+                             "worker alone; a chief or ps failure restarts the job).")
     parser.add_argument("--log_dir", default=_env_default("TFDP_LOG_DIR", None),
                         help="Also write each worker's output to LOG_DIR/worker-<i>.log.")
     parser.add_argument("--timeout", type=float, default=_env_default("TFDP_TIMEOUT", None, float),
@@ -78,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads_per_worker", type=int,
                         default=_env_default("TFDP_THREADS_PER_WORKER", None, int),
                         help="TensorFlow intra-/inter-op threads of each worker (default: this machine's "
-                             "cores divided by the workers, at least 1).")
+                             "cores divided by the workers, at least 1). With --num_ps: the workers' intra-op "
+                             "threads only (the chief and ps tasks keep TensorFlow's defaults).")
     parser.add_argument("--pin", choices=["auto", "on", "off"], default=_env_default("TFDP_PIN", "off"),
                         help="Pin each worker to its own cores (like torchrun's NUMA binding). auto: when "
                              "workers x threads fit in this machine's cores. Off by default: on a 2-core "
@@ -112,14 +118,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--num_workers is required, e.g. --num_workers 2")
     if args.num_workers < 1:
         parser.error(f"--num_workers must be >= 1 (got {args.num_workers})")
+    if args.num_ps < 0:
+        parser.error(f"--num_ps must be >= 0 (got {args.num_ps})")
     if args.max_restarts < 0:
         parser.error(f"--max_restarts must be >= 0 (got {args.max_restarts})")
     if args.timeout is not None and args.timeout <= 0:
         parser.error(f"--timeout must be a number of seconds > 0 (got {args.timeout})")
     if args.grace_period < 0:
         parser.error(f"--grace_period must be >= 0 (got {args.grace_period})")
-    if args.port and not 1024 <= args.port <= 65536 - args.num_workers:
-        parser.error(f"--port {args.port}: ports {args.port}..{args.port + args.num_workers - 1} "
+    tasks = num_tasks(args)
+    if args.port and not 1024 <= args.port <= 65536 - tasks:
+        parser.error(f"--port {args.port}: ports {args.port}..{args.port + tasks - 1} "
                      f"must lie in 1024..65535; pick a lower port or use 0 for free ports")
     if not args.command:
         parser.error("no worker command: put it after --, e.g. tfdp-launch --num_workers 2 -- python train.py")
@@ -142,6 +151,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     except ValueError as e:
         parser.error(str(e))
     return args
+
+
+def num_tasks(args: argparse.Namespace) -> int:
+    """Processes of the job: the workers, plus a chief and the ps tasks in a parameter-server job."""
+    return args.num_workers + (1 + args.num_ps if args.num_ps else 0)
+
+
+def job_tasks(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(task type, index) of every process, in start order: the chief first."""
+    workers = [("worker", i) for i in range(args.num_workers)]
+    if not args.num_ps:
+        return workers
+    return [("chief", 0), *workers, *[("ps", i) for i in range(args.num_ps)]]
 
 
 def visible_gpus() -> list[str]:
@@ -222,13 +244,20 @@ def _in_worker_before_exec(launcher_pid: int, cores: list[int] | None) -> None:
 
 @dataclass
 class Worker:
-    """One running worker process and the tail of its output."""
+    """One running task process (a worker, or a parameter-server job's chief or ps) and the tail of its output."""
 
     index: int
     process: subprocess.Popen
+    task_type: str = "worker"
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
     reader: threading.Thread | None = None
+    restarts: int = 0
+    lost: bool = False  # a parameter-server job's worker that ended and was not restarted
+
+    @property
+    def name(self) -> str:
+        return "chief" if self.task_type == "chief" else f"{self.task_type} {self.index}"
 
 
 def _stream(worker: Worker, log_path: str | None, lock: threading.Lock, shown: bool) -> None:
@@ -239,7 +268,7 @@ def _stream(worker: Worker, log_path: str | None, lock: threading.Lock, shown: b
             worker.recent.append(line.rstrip("\n"))
             if shown:
                 with lock:
-                    sys.stdout.write(f"[worker {worker.index}] {line}")
+                    sys.stdout.write(f"[{worker.name}] {line}")
                     sys.stdout.flush()
             if log:
                 log.write(line)
@@ -280,34 +309,57 @@ class Launcher:
         self.stop_signal: int | None = None
         self.seed = os.environ.get(SEED_ENV) or str(random.randrange(2**31))
         self.job_id = os.environ.get(JOB_ID_ENV) or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.restarts_used, self.attempt, self.ports = 0, 0, []
 
     def start(self, attempt: int) -> None:
-        n = self.args.num_workers
-        ports = list(range(self.args.port, self.args.port + n)) if self.args.port else free_ports(n)
+        tasks = job_tasks(self.args)
+        self.ports = (list(range(self.args.port, self.args.port + len(tasks))) if self.args.port
+                      else free_ports(len(tasks)))
         if self.args.log_dir:
             os.makedirs(self.args.log_dir, exist_ok=True)
-        self.workers = []
+        self.attempt = attempt
+        self.workers = [self._start_task(position, attempt) for position in range(len(tasks))]
+
+    def _cluster(self) -> dict[str, list[str]]:
+        cluster: dict[str, list[str]] = {}
+        for (task_type, _), port in zip(job_tasks(self.args), self.ports):
+            cluster.setdefault(task_type, []).append(f"127.0.0.1:{port}")
+        return cluster
+
+    def _start_task(self, position: int, attempt: int) -> Worker:
+        """Starts the task at `position` of job_tasks (again, on its port, when it is restarted alone)."""
+        task_type, index = job_tasks(self.args)[position]
         threads = str(self.args.threads_per_worker)
-        for i, cores in enumerate(worker_cores(self.args)):
-            env = dict(os.environ, TF_CONFIG=TFConfig.local_workers(ports, i).to_json(),
-                       TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads,
-                       **{RESTART_COUNT_ENV: str(attempt), SEED_ENV: self.seed, JOB_ID_ENV: self.job_id,
-                          "PYTHONUNBUFFERED": "1"})
-            if self.args.worker_gpus[i] is not None:
-                env["CUDA_VISIBLE_DEVICES"] = self.args.worker_gpus[i]
-            process = subprocess.Popen(self.args.command, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, errors="replace",
-                                       start_new_session=True,
-                                       preexec_fn=functools.partial(_in_worker_before_exec, os.getpid(), cores))
-            worker = Worker(i, process)
-            log_path = os.path.join(self.args.log_dir, f"worker-{i}.log") if self.args.log_dir else None
-            shown = self.args.console == "all" or (self.args.console == "chief" and i == 0)
-            worker.reader = threading.Thread(target=_stream, args=(worker, log_path, self.lock, shown), daemon=True)
-            worker.reader.start()
-            self.workers.append(worker)
+        tf_config = TFConfig(cluster=self._cluster(), task_type=task_type, task_index=index)
+        env = dict(os.environ, TF_CONFIG=tf_config.to_json(),
+                   **{RESTART_COUNT_ENV: str(attempt), SEED_ENV: self.seed, JOB_ID_ENV: self.job_id,
+                      "PYTHONUNBUFFERED": "1"})
+        if not self.args.num_ps:
+            env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads)
+        elif task_type == "worker":  # a 1-thread inter-op pool deadlocks concurrent remote steps (measured)
+            env.update(TF_NUM_INTRAOP_THREADS=threads)
+        gpus = self.args.worker_gpus[index] if task_type == "worker" else ("" if self.args.num_ps else None)
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpus
+        cores = worker_cores(self.args)[index] if task_type == "worker" else None
+        process = subprocess.Popen(self.args.command, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace",
+                                   start_new_session=True,
+                                   preexec_fn=functools.partial(_in_worker_before_exec, os.getpid(), cores))
+        worker = Worker(index, process, task_type)
+        log_name = "chief" if task_type == "chief" else f"{task_type}-{index}"
+        log_path = os.path.join(self.args.log_dir, f"{log_name}.log") if self.args.log_dir else None
+        chief_type = "chief" if self.args.num_ps else "worker"
+        shown = self.args.console == "all" or (self.args.console == "chief" and task_type == chief_type
+                                                and index == 0)
+        worker.reader = threading.Thread(target=_stream, args=(worker, log_path, self.lock, shown), daemon=True)
+        worker.reader.start()
+        return worker
 
     def wait(self, deadline: float | None) -> tuple[str, Worker | None]:
         """Returns ("ok", None), ("failed", first failed worker), ("timeout"|"signal", None)."""
+        if self.args.num_ps:
+            return self._wait_parameter_server_job(deadline)
         while True:
             if self.stop_signal is not None:
                 return "signal", None
@@ -322,6 +374,46 @@ class Launcher:
             if deadline is not None and time.monotonic() > deadline:
                 return "timeout", None
             time.sleep(POLL_SECONDS)
+
+    def _wait_parameter_server_job(self, deadline: float | None) -> tuple[str, Worker | None]:
+        """A parameter-server job ends with its chief; a lost worker is restarted alone while restarts last."""
+        chief = self.workers[0]
+        while True:
+            if self.stop_signal is not None:
+                return "signal", None
+            code = chief.process.poll()
+            if code is not None:
+                return ("ok", None) if code == 0 else ("failed", chief)
+            for position, w in enumerate(self.workers):
+                code = w.process.poll()
+                if code is None or w.task_type == "chief" or w.lost:
+                    continue
+                if w.task_type == "ps":  # the variables live there: the job cannot go on
+                    return "failed", w
+                self._lose_worker(position, w, code)
+            if all(w.lost for w in self.workers if w.task_type == "worker"):
+                return "failed", next(w for w in self.workers if w.task_type == "worker")
+            if deadline is not None and time.monotonic() > deadline:
+                return "timeout", None
+            time.sleep(POLL_SECONDS)
+
+    def _lose_worker(self, position: int, worker: Worker, code: int) -> None:
+        """A worker of a parameter-server job ended while the chief runs: restart it alone, or go on without it."""
+        if worker.reader:
+            worker.reader.join(timeout=2)
+        tail = "\n".join(f"    {line}" for line in list(worker.tail)[-5:])
+        if self.restarts_used < self.args.max_restarts:
+            self.restarts_used += 1
+            print(f"tfdp-launch: {worker.name} lost ({_describe(code)}); restarting it alone, on its address "
+                  f"(restart {self.restarts_used} of {self.args.max_restarts}); its last output:\n{tail}",
+                  file=sys.stderr, flush=True)
+            self.workers[position] = self._start_task(position, self.attempt)
+            self.workers[position].restarts = worker.restarts + 1
+        else:
+            worker.lost = True
+            print(f"tfdp-launch: {worker.name} lost ({_describe(code)}); no restart left (--max_restarts "
+                  f"{self.args.max_restarts}): the job goes on with the other workers; its last output:\n{tail}",
+                  file=sys.stderr, flush=True)
 
     def _where_stuck(self, failed: Worker) -> dict[int, list[str]]:
         """After a collective timeout: where each worker still running is (its stack dump)."""
@@ -363,7 +455,7 @@ class Launcher:
 
     def report(self, worker: Worker) -> None:
         tail = "\n".join(f"    {line}" for line in worker.tail)
-        print(f"tfdp-launch: worker {worker.index} failed first ({_describe(worker.process.returncode)}); "
+        print(f"tfdp-launch: {worker.name} failed first ({_describe(worker.process.returncode)}); "
               f"its last output:\n{tail}", file=sys.stderr)
         culprit = self.culprit()
         if culprit is not None and culprit[0] != worker.index:
@@ -441,14 +533,14 @@ def run(args: argparse.Namespace) -> int:
     """Runs the job; returns the launcher's exit code (and prints one closing line)."""
     if not _isolate_network(args):
         return 2
-    fixed_ports = list(range(args.port, args.port + args.num_workers)) if args.port else []
+    fixed_ports = list(range(args.port, args.port + num_tasks(args))) if args.port else []
     busy = _busy_ports(fixed_ports)
     if busy:
         print(f"tfdp-launch: error: --port {args.port}: port(s) {', '.join(map(str, busy))} are in use on this "
               "network. Fix: another --port, or 0 for free ports.", file=sys.stderr)
         return 2
     launcher = Launcher(args)
-    started, attempts, code = time.monotonic(), 0, 1
+    started, code = time.monotonic(), 1
 
     def on_signal(signum, frame):
         launcher.stop_signal = signum
@@ -457,9 +549,11 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout if args.timeout else None
     job_dir = _job_temp_dir()
     os.environ["TMPDIR"] = job_dir  # the workers' private files live and die with the job
+    everyone = (f"all {args.num_workers} workers" if not args.num_ps else
+                f"the whole job (chief, {args.num_workers} workers, {args.num_ps} ps)")
     try:
-        for attempt in range(args.max_restarts + 1):
-            attempts = attempt + 1
+        attempt = 0
+        while True:
             launcher.start(attempt)
             outcome, failed = launcher.wait(deadline)
             launcher.stop_all()
@@ -477,9 +571,12 @@ def run(args: argparse.Namespace) -> int:
                 code = 124
                 return code
             launcher.report(failed)
-            if attempt < args.max_restarts:
-                print(f"tfdp-launch: restarting all {args.num_workers} workers "
-                      f"(restart {attempt + 1} of {args.max_restarts})", file=sys.stderr)
+            if launcher.restarts_used >= args.max_restarts:
+                break
+            launcher.restarts_used += 1
+            attempt += 1
+            print(f"tfdp-launch: restarting {everyone} (restart {launcher.restarts_used} of {args.max_restarts})",
+                  file=sys.stderr)
         returncode = failed.process.returncode
         code = returncode if returncode > 0 else 128 - returncode
         return code
@@ -488,9 +585,9 @@ def run(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         shutil.rmtree(job_dir, ignore_errors=True)
-        statuses = ", ".join(f"worker {w.index} {_describe(w.process.returncode)}" for w in launcher.workers)
+        statuses = ", ".join(f"{w.name} {_describe(w.process.returncode)}" for w in launcher.workers)
         print(f"tfdp-launch: exit code {code}; {statuses or 'no worker started'}; restarts used "
-              f"{max(attempts - 1, 0)} of {args.max_restarts}; wall time {time.monotonic() - started:.1f} s",
+              f"{launcher.restarts_used} of {args.max_restarts}; wall time {time.monotonic() - started:.1f} s",
               file=sys.stderr)
 
 

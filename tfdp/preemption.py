@@ -42,7 +42,7 @@ class PreemptionWatch:
 
     def __init__(self, strategy: tf.distribute.Strategy):
         self.strategy, self.signalled, self._previous = strategy, False, None
-        self._several_workers = roles.num_workers(strategy) > 1
+        self._several_workers = roles.num_workers(strategy) > 1 and not roles.loop_on_chief_only(strategy)
         if self._several_workers:
             def any_signalled(flag):
                 return tf.distribute.get_replica_context().all_reduce("SUM", tf.identity(flag))

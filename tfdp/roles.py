@@ -59,3 +59,14 @@ def num_workers(strategy: "tf.distribute.Strategy | None" = None) -> int:
     if tf_config is None or tf_config.task_type == "evaluator":  # an evaluator works alone
         return 1
     return max(tf_config.num_workers, 1)
+
+
+def loop_on_chief_only(strategy: "tf.distribute.Strategy | None" = None) -> bool:
+    """Whether the chief alone runs the training loop: a parameter-server job (its workers serve).
+
+    Args:
+        strategy: the strategy to ask; None asks the strategy in scope, and outside
+            any scope reads TF_CONFIG.
+    """
+    tf_config = _tf_config_of(_strategy_in_scope(strategy))
+    return tf_config is not None and bool(tf_config.cluster.get("ps"))

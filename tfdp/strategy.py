@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from typing import TYPE_CHECKING
 
-from tfdp import _compat, stacks
+from tfdp import _compat, parameter_server, stacks
 from tfdp.startup import StartupWatchdog
 from tfdp.strategy_names import COMMUNICATIONS, STRATEGY_NAMES
 from tfdp import cluster as cluster_lib
@@ -51,7 +51,7 @@ def _check_seconds(field: str, value: float | None) -> None:
 
 def _check_arguments(name: str, num_cpu_replicas: int | None, devices: Sequence[str] | None,
                      communication: str, timeout_seconds: float | None,
-                     startup_timeout_seconds: float | None) -> None:
+                     startup_timeout_seconds: float | None, variable_shards: int | None) -> None:
     check_choice("create_strategy(name)", name, STRATEGY_NAMES)
     check_choice("create_strategy(communication)", communication, COMMUNICATIONS)
     if num_cpu_replicas is not None and (
@@ -68,12 +68,22 @@ def _check_arguments(name: str, num_cpu_replicas: int | None, devices: Sequence[
                           "(num_cpu_replicas=N already means devices /cpu:0 ... /cpu:N-1).")
     _check_seconds("timeout_seconds", timeout_seconds)
     _check_seconds("startup_timeout_seconds", startup_timeout_seconds)
+    if variable_shards is not None and (isinstance(variable_shards, bool) or not isinstance(variable_shards, int)
+                                        or variable_shards < 1):
+        raise ConfigError(f"create_strategy(variable_shards={variable_shards!r}): a whole number >= 1, or None.")
+    if variable_shards is not None and name not in ("auto", "parameter_server"):
+        raise ConfigError(f'create_strategy("{name}", variable_shards={variable_shards}): variables are sharded '
+                          'over ps tasks, so only "parameter_server" takes it.')
     if name == "one_device" and devices is not None and len(devices) != 1:
         raise ConfigError(f'create_strategy("one_device", devices={list(devices)}): takes exactly one '
                           'device; use "mirrored" for several.')
     if name == "one_device" and num_cpu_replicas not in (None, 1):
         raise ConfigError(f'create_strategy("one_device", num_cpu_replicas={num_cpu_replicas}): one '
                           'device is one replica; use "mirrored" for several CPU replicas.')
+    if name == "parameter_server" and (num_cpu_replicas is not None or devices is not None):
+        raise ConfigError('create_strategy("parameter_server"): the workers compute on their own devices; '
+                          "num_cpu_replicas and devices apply to \"mirrored\". Start more workers instead "
+                          "(tfdp-launch --num_workers N --num_ps P).")
     if name == "multi_worker" and (num_cpu_replicas not in (None, 1) or devices is not None):
         raise ConfigError('create_strategy("multi_worker"): each worker trains on its own GPUs, or on '
                           "one CPU replica when it has none; num_cpu_replicas and devices apply to "
@@ -102,6 +112,8 @@ def _resolve_name(name: str, tf_config: cluster_lib.TFConfig | None,
                   num_cpu_replicas: int | None, devices: Sequence[str] | None) -> str:
     if name != "auto":
         return name
+    if tf_config is not None and tf_config.cluster.get("ps"):
+        return "parameter_server"
     if tf_config is not None and tf_config.num_tasks > 1:
         return "multi_worker"
     if (num_cpu_replicas or 1) > 1 or (devices is not None and len(devices) > 1):
@@ -221,7 +233,9 @@ def _make_multi_worker(options) -> tf.distribute.Strategy:
 def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
                     devices: Sequence[str] | None = None, communication: str = "auto",
                     timeout_seconds: float | None = None,
-                    startup_timeout_seconds: float | None = None) -> tf.distribute.Strategy:
+                    startup_timeout_seconds: float | None = None,
+                    variable_shards: int | None = None,
+                    min_shard_bytes: int = 256 << 10) -> tf.distribute.Strategy:
     """Creates a `tf.distribute.Strategy` by name.
 
     Call it first thing in the program: it may split the CPU into logical devices or
@@ -233,7 +247,11 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
         name: "auto" (multi_worker when the cluster, read from TF_CONFIG or failing that
             from a Kubernetes Indexed Job's variables, names more than one task, mirrored when
             several replicas are asked for or there are several GPUs, else default),
-            "default", "one_device", "mirrored" or "multi_worker".
+            "default", "one_device", "mirrored", "multi_worker" or "parameter_server"
+            (TF_CONFIG with a chief, workers and ps tasks: on the chief a
+            ParameterServerStrategy for tfdp.Trainer; on a worker or ps task this call
+            serves the chief and ends the process when the chief has ended). "auto"
+            picks "parameter_server" when TF_CONFIG has a "ps" job.
         num_cpu_replicas: split the CPU into this many logical devices and use them as
             replicas (for laptops and CI without GPUs). None uses the devices as they are.
         devices: explicit device names for "mirrored" or "one_device".
@@ -244,7 +262,12 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
         startup_timeout_seconds: bounds waiting for every task of TF_CONFIG to start
             ("multi_worker"); None means 300 s. When it passes, tfdp prints which tasks
             never answered and ends the process with SIGKILL (TensorFlow waits holding
-            the GIL, so nothing gentler can interrupt it).
+            the GIL, so nothing gentler can interrupt it). For "parameter_server", how
+            long a worker or ps task waits for the chief.
+        variable_shards: "parameter_server": split each variable larger than
+            `min_shard_bytes` into up to this many shards over the ps tasks (large
+            embedding tables); None keeps every variable whole on one ps task.
+        min_shard_bytes: the smallest shard `variable_shards` makes.
 
     Returns:
         The strategy; build and compile models inside `strategy.scope()`. The repairs
@@ -255,11 +278,14 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
         ConfigError: a bad argument or TF_CONFIG, or a call after TensorFlow started.
     """
     _check_arguments(name, num_cpu_replicas, devices, communication, timeout_seconds,
-                     startup_timeout_seconds)
+                     startup_timeout_seconds, variable_shards)
     tf_config = cluster_lib.TFConfig.from_env()
     if tf_config is not None:  # what TensorFlow reads: "master" as "chief", Kubernetes' cluster
         os.environ[cluster_lib.ENV_VAR] = tf_config.to_json()
     resolved = _resolve_name(name, tf_config, num_cpu_replicas, devices)
+    if resolved == "parameter_server":
+        tf_config = parameter_server.check_cluster(tf_config)
+        os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")  # a lost worker fails its steps at once (TF's advice)
     # TensorFlow (seconds to import) only now that the arguments and TF_CONFIG are right.
     tf = import_tensorflow()
     from tfdp import keras_fixes, preemption
@@ -268,7 +294,17 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
         _configure_cpu_replicas(num_cpu_replicas)
     has_gpus = bool(tf.config.list_physical_devices("GPU"))
 
-    if resolved == "multi_worker":
+    if resolved == "parameter_server":
+        preemption.restore_default_sigterm()
+        startup = startup_timeout_seconds or DEFAULT_STARTUP_TIMEOUT_SECONDS
+        if tf_config.task_type in ("worker", "ps"):
+            parameter_server.serve(tf_config, startup_timeout_seconds=startup)  # ends the process
+        warn_about_remote_addresses(tf_config)
+        with StartupWatchdog(tf_config, seconds=startup):
+            strategy = parameter_server.make_strategy(
+                min_shard_bytes=min_shard_bytes if variable_shards else None, max_shards=variable_shards)
+        stacks.enable_dump_on_signal()
+    elif resolved == "multi_worker":
         strategy = _multi_worker(tf_config, communication, timeout_seconds, startup_timeout_seconds)
         _agree_on_random_seed(tf_config)
         preemption.restore_default_sigterm()

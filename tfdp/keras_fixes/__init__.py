@@ -28,7 +28,7 @@ import keras  # noqa: E402
 from tfdp._compat import MissingInternal  # noqa: E402
 from tfdp.errors import ConfigError, check_choice  # noqa: E402
 from tfdp.keras_fixes import (  # noqa: E402
-    backup_and_restore, chief_writes, multi_worker_fit, partial_batch, reduce_before_clip,
+    atomic_assign_add, backup_and_restore, chief_writes, multi_worker_fit, parameter_server_fit, partial_batch, reduce_before_clip,
     steps_per_execution)
 from tfdp.keras_fixes._base import Fix, Undo  # noqa: E402
 from tfdp.keras_fixes.collective_keys import use_fresh_collective_keys  # noqa: E402
@@ -36,7 +36,8 @@ from tfdp.keras_fixes.collective_keys import use_fresh_collective_keys  # noqa: 
 logger = logging.getLogger("tfdp")
 
 FIXES: tuple[Fix, ...] = (partial_batch.FIX, multi_worker_fit.FIX, reduce_before_clip.FIX,
-                          chief_writes.FIX, backup_and_restore.FIX, steps_per_execution.FIX)
+                          chief_writes.FIX, backup_and_restore.FIX, steps_per_execution.FIX,
+                          parameter_server_fit.FIX, atomic_assign_add.FIX)
 NAMES = tuple(fix.name for fix in FIXES)
 
 _installed: dict[str, Undo] = {}

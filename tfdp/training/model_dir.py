@@ -96,7 +96,7 @@ class ModelDir:
         return restored
 
     def _check_workers_agree(self, strategy: tf.distribute.Strategy) -> None:
-        if roles.num_workers(strategy) == 1:  # one process reads one directory
+        if roles.num_workers(strategy) == 1 or roles.loop_on_chief_only(strategy):  # one process reads
             return
         mine = tf.constant(list(self.position.values()), tf.float64)
         replicas = float(strategy.num_replicas_in_sync)

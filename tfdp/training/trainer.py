@@ -16,7 +16,7 @@ from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 from tfdp.roles import is_chief, num_workers
-from tfdp.training import loops, precision
+from tfdp.training import async_fit, async_steps, loops, precision
 from tfdp.training.all_reduce import ALL_REDUCE_DTYPES
 from tfdp.training.local_steps import LocalSteps
 from tfdp.training.model_dir import ModelDir, Position
@@ -116,6 +116,11 @@ class Trainer:
         outer_optimizer: with local_steps > 1, a Keras optimizer applied to (previous
             average - new average) of the trainable weights, as DiLoCo (e.g.
             SGD(0.7, momentum=0.9, nesterov=True)); None: plain averaging.
+        max_staleness: on a parameter_server strategy (asynchronous: each worker
+            applies its gradient to the ps-held variables at once), drop a step when more
+            than this many other updates began between its read of the weights and its
+            own; None applies every update. Staleness is measured either way and logged
+            as a histogram each epoch (tfdp/training/async_steps.py).
         summary_every_steps: also write the training loss and metrics to TensorBoard
             (`batch_*` scalars at the optimizer step) at the end of the first loop at or
             after every multiple of this many steps; None: once per epoch only.
@@ -127,7 +132,7 @@ class Trainer:
                  model_dir: str | None = None, all_reduce_dtype: str = "float32", max_checkpoints: int = 3,
                  save_every_steps: int | None = None, compute_loss: Callable | None = None,
                  local_steps: int = 1, outer_optimizer=None,
-                 summary_every_steps: int | None = None):
+                 summary_every_steps: int | None = None, max_staleness: int | None = None):
         precision.check_model_matches(model, mixed_precision)
         self.model, self.strategy = model, strategy
         self.grad_accum_steps = _whole("Trainer", "grad_accum_steps", grad_accum_steps)
@@ -148,6 +153,13 @@ class Trainer:
                            mixed_precision=mixed_precision, all_reduce_dtype=self.all_reduce_dtype,
                            save_every_steps=self.save_every_steps)
         _check_loss(loss, compute_loss)
+        asynchronous = async_steps.is_parameter_server(strategy)
+        if asynchronous:
+            async_steps.check_options(max_staleness=max_staleness, mixed_precision=mixed_precision,
+                                      grad_accum_steps=self.grad_accum_steps, local_steps=self.local_steps,
+                                      all_reduce_dtype=self.all_reduce_dtype, compute_loss=compute_loss)
+        else:
+            async_steps.check_not_synchronous(max_staleness)
         self._metric_identifiers = list(metrics)
         with strategy.scope():
             self.optimizer = keras.optimizers.get(optimizer)
@@ -176,6 +188,10 @@ class Trainer:
                                 loss_tracker=self.loss_tracker, loss_scale=self.loss_scale,
                                 clip_global_norm=clip_global_norm, all_reduce_dtype=self.all_reduce_dtype,
                                 skipped_steps=self.skipped_steps, local=self.local)
+        self.async_steps = async_steps.AsyncSteps(
+            model=model, optimizer=self.optimizer, strategy=strategy, loss=per_example_loss_fn(loss),
+            metrics=self.metrics, loss_tracker=self.loss_tracker, clip_global_norm=clip_global_norm,
+            max_staleness=max_staleness) if asynchronous else None
         self._chief = is_chief(strategy)
         self.model_dir = None
         if model_dir:
@@ -287,6 +303,11 @@ class Trainer:
         if isinstance(validation_freq, numbers.Integral):
             _whole("fit", "validation_freq", validation_freq)
         verbose = _verbosity(verbose)
+        if self.async_steps is not None:
+            return async_fit.fit(self, data, epochs=epochs, initial_epoch=initial_epoch,
+                                 steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+                                 validation_freq=validation_freq, callbacks=callbacks, verbose=verbose,
+                                 validate_after=_validate_after)
         distributed = self._distribute(data, "fit")
         self._resolve_metrics(distributed)
         start_step, skip_batches = 0, 0
@@ -419,6 +440,8 @@ class Trainer:
     def evaluate(self, data, *, steps: int | None = None, verbose="auto", callbacks: Sequence = ()) -> dict:
         """Loss (+ model.losses) and metrics over `data`, aggregated across replicas and workers."""
         _whole("evaluate", "steps", steps, allow_none=True)
+        if self.async_steps is not None:
+            return async_fit.evaluate(self, data, steps=steps)
         distributed = self._distribute(data, "evaluate")
         self._resolve_metrics(distributed)
         verbose = _verbosity(verbose)
@@ -445,6 +468,8 @@ class Trainer:
     def predict(self, data, *, steps: int | None = None, verbose="auto"):
         """The model's outputs for every example of `data` (global batches), in order, as model.predict."""
         _whole("predict", "steps", steps, allow_none=True)
+        if self.async_steps is not None:
+            return async_fit.predict(self, data, steps=steps)
         if not isinstance(data, tf.data.Dataset):
             raise ConfigError(f"Trainer.predict(data={type(data).__name__}): give a tf.data.Dataset of GLOBAL "
                               "batches (its order is the order of the outputs).")
