@@ -194,3 +194,98 @@ for repaired in (True, False):
                   if "] REPAIRED" in line or "] STOCK" in line)
     assert int(counts["REPAIRED"]) == 1000
     assert int(counts["STOCK"]) < 1000  # increments lost
+
+
+# A parameter-server job without TensorFlow: the chief works 4 s; a task fails as told on the first attempt.
+TOY_JOB = """
+import json, os, sys, time
+task = json.loads(os.environ["TF_CONFIG"])["task"]
+name, attempt = f"{task['type']} {task['index']}", int(os.environ["TFDP_RESTART_COUNT"])
+print(f"started {name} attempt {attempt}", flush=True)
+if name == sys.argv[1] and attempt == 0:
+    time.sleep(1)
+    sys.exit(3)
+time.sleep(4 if task["type"] == "chief" else 120)
+"""
+
+
+def test_a_lost_worker_without_restarts_left_leaves_the_job_to_the_others():
+    result = launch(["--num_workers", "2", "--num_ps", "1", "--grace_period", "1", "--", sys.executable, "-c",
+                     TOY_JOB, "worker 1"], timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tfdp-launch: worker 1 lost (exit code 3); no restart left (--max_restarts 0): the job goes on" in \
+        result.stderr
+    assert "chief exit code 0" in result.stderr and "[chief] started chief 0 attempt 0" in result.stdout
+
+
+def test_a_failed_ps_restarts_the_whole_job():
+    result = launch(["--num_workers", "1", "--num_ps", "1", "--max_restarts", "1", "--grace_period", "1", "--",
+                     sys.executable, "-c", TOY_JOB, "ps 0"], timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tfdp-launch: ps 0 failed first (exit code 3)" in result.stderr
+    assert "restarting the whole job (chief, 1 workers, 1 ps) (restart 1 of 1)" in result.stderr
+    assert "[chief] started chief 0 attempt 1" in result.stdout
+
+
+def _serving_pid(line: str) -> int:
+    return int(line.rsplit("(pid ", 1)[1].rstrip(")\n"))
+
+
+def test_digits_recipe_with_two_workers_survives_a_killed_worker(tmp_path):
+    """The issue's done-when: chief + 2 workers + 1 ps reach >= 0.95 with worker 1 SIGKILLed mid-run."""
+    command = [*LAUNCH, "--num_workers", "2", "--num_ps", "1", "--max_restarts", "1", "--timeout", "240", "--",
+               sys.executable, "-m", "recipes.image_classification", "--strategy=parameter_server", "--loop=custom",
+               "--epochs=14", f"--data_dir={tmp_path / 'data'}", f"--model_dir={tmp_path / 'run'}"]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the deadlines below, then SIGKILL
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                env=_env({"TFDP_CONSOLE": "all"}), start_new_session=True)
+    try:
+        serving = _lines_with(launcher.stdout, "[worker 1] tfdp: worker 1 serving the chief", count=1, seconds=120)
+        assert serving, "worker 1 never served"
+        assert _lines_with(launcher.stdout, "[chief] Epoch 3/14", count=1, seconds=120), "training never started"
+        os.kill(_serving_pid(serving[0]), signal.SIGKILL)
+        stdout, stderr = launcher.communicate(timeout=240)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert "tfdp-launch: worker 1 lost (killed by signal SIGKILL); restarting it alone, on its address" in stderr
+    assert "[worker 1] tfdp: worker 1 serving the chief" in stdout  # the restarted worker rejoined the cluster
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["eval"]["accuracy"] >= 0.95 and results["config"]["workers"] == 2 and results["config"]["ps"] == 1
+
+
+def test_sigterm_saves_on_the_chief_and_a_killed_ps_resumes_from_the_checkpoint(tmp_path):
+    options = {"optimizer": "adam", "steps": 400, "epochs": 3, "model_dir": str(tmp_path)}
+    command = [*LAUNCH, "--num_workers", "1", "--num_ps", "1", "--grace_period", "30", "--max_restarts", "1", "--",
+               sys.executable, "-c", CHIEF]
+    env = _env({"TFDP_CONSOLE": "all", "OPTIONS": json.dumps(options)})
+
+    def run_until(text: str, action):
+        launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the deadlines below, then SIGKILL
+                                    stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, start_new_session=True)
+        try:
+            seen = _lines_with(launcher.stdout, text, count=1, seconds=180)
+            assert seen, f"never printed {text!r}"
+            action(launcher, seen[0])
+            stdout, stderr = launcher.communicate(timeout=240)
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+        return launcher.returncode, stdout, stderr
+
+    # SIGTERM to the launcher in epoch 2: the chief saves first, while the ps still holds the variables.
+    code, stdout, stderr = run_until("[chief] Epoch 2/3", lambda launcher, _: launcher.send_signal(signal.SIGTERM))
+    assert code == 128 + signal.SIGTERM and "chief exit code 75" in stderr, stderr[-3000:]
+    assert "[chief] tfdp: preempted (SIGTERM): saved epoch 1 step" in stdout
+    # The rerun resumes there; its ps is SIGKILLed: the whole job restarts and resumes from the last checkpoint.
+    options["steps"] = 40
+    env["OPTIONS"] = json.dumps(options)
+    code, stdout, stderr = run_until("[ps 0] tfdp: ps 0 serving", lambda _, line: os.kill(_serving_pid(line),
+                                                                                         signal.SIGKILL))
+    assert code == 0, stderr[-3000:]
+    assert "ps 0 failed first (killed by signal SIGKILL)" in stderr and "restarting the whole job" in stderr
+    assert stdout.count("resumed from") >= 1 and "at epoch 1 step" in stdout
+    assert result_of(stdout)["iterations"] > 0

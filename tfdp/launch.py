@@ -433,9 +433,18 @@ class Launcher:
                 if w.process.poll() is None}
 
     def stop_all(self) -> None:
-        """SIGTERM every worker's process group, SIGKILL what is left after the grace period."""
+        """SIGTERM every worker's process group, SIGKILL what is left after the grace period.
+
+        In a parameter-server job the chief goes first, alone: its SIGTERM save reads the
+        variables from the ps tasks, which must still be there.
+        """
+        if self.args.num_ps:
+            self._stop([w for w in self.workers if w.task_type == "chief"])
+        self._stop(self.workers)
+
+    def _stop(self, workers: list[Worker]) -> None:
         for sig, wait in ((signal.SIGTERM, self.args.grace_period), (signal.SIGKILL, None)):
-            alive = [w for w in self.workers if w.process.poll() is None]
+            alive = [w for w in workers if w.process.poll() is None]
             for w in alive:
                 try:
                     os.killpg(w.process.pid, sig)
@@ -444,7 +453,7 @@ class Launcher:
             end = time.monotonic() + (wait or 0)
             while wait and any(w.process.poll() is None for w in alive) and time.monotonic() < end:
                 time.sleep(POLL_SECONDS)
-        for w in self.workers:
+        for w in workers:
             w.process.wait()
             try:  # The group may hold children of the worker: none may outlive it.
                 os.killpg(w.process.pid, signal.SIGKILL)

@@ -66,7 +66,7 @@ def serve(tf_config: cluster_lib.TFConfig, *, startup_timeout_seconds: float) ->
                   "s; exiting. Fix: start the chief, or raise startup_timeout_seconds.", file=sys.stderr, flush=True)
             os._exit(1)
         time.sleep(PROBE_SECONDS)
-    print(f"tfdp: {name} serving the chief at {chief}", flush=True)
+    print(f"tfdp: {name} serving the chief at {chief} (pid {os.getpid()})", flush=True)
     misses = 0
     while misses < GONE_AFTER_MISSES:
         time.sleep(PROBE_SECONDS)

@@ -20,10 +20,18 @@ def _tf_config_of(strategy: "tf.distribute.Strategy | None") -> TFConfig | None:
     if strategy is None:
         return TFConfig.from_env()
     resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None and _is_parameter_server(strategy):  # it keeps no public resolver: TF_CONFIG is its
+        return TFConfig.from_env()
     if resolver is None or not resolver.task_type or not resolver.cluster_spec().as_dict():
         return None
     return TFConfig(cluster=resolver.cluster_spec().as_dict(), task_type=resolver.task_type,
                     task_index=resolver.task_id)
+
+
+def _is_parameter_server(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
 
 
 def _strategy_in_scope(strategy):
