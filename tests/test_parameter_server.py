@@ -289,3 +289,21 @@ def test_sigterm_saves_on_the_chief_and_a_killed_ps_resumes_from_the_checkpoint(
     assert "ps 0 failed first (killed by signal SIGKILL)" in stderr and "restarting the whole job" in stderr
     assert stdout.count("resumed from") >= 1 and "at epoch 1 step" in stdout
     assert result_of(stdout)["iterations"] > 0
+
+
+def test_sharded_variables_are_a_config_error_for_keras_layers():
+    program = """
+import keras, tfdp
+strategy = tfdp.create_strategy("parameter_server", variable_shards=2, min_shard_bytes=1024)
+with strategy.scope():
+    model = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(1000, 16, name="table"),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+try:
+    tfdp.Trainer(model, optimizer="adam", loss="mse", strategy=strategy)
+except tfdp.ConfigError as e:
+    print("ERROR", e, flush=True)
+"""
+    result = launch(["--num_workers", "1", "--num_ps", "2", "--timeout", "120", "--", sys.executable, "-c", program])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[chief] ERROR Trainer: sequential/table/embeddings is sharded over the ps tasks" in result.stdout
+    assert "Keras 3 layers cannot use sharded variables" in result.stdout

@@ -94,6 +94,14 @@ def variable_storage(variable):
     return _attribute(variable, "_value", "Variable")
 
 
+def is_sharded(variable) -> bool:
+    """Whether a Keras variable's storage is a tf.distribute ShardedVariable (split over ps tasks)."""
+    from tensorflow.python.distribute import sharded_variable  # noqa: the class has no public name
+
+    storage = getattr(variable, "_value", variable)
+    return isinstance(storage, sharded_variable.ShardedVariable)
+
+
 def tf_trainer_module():
     """keras.src.backend.tensorflow.trainer: home of `reduce_per_replica` and its helpers."""
     return _import(_TF_TRAINER_MODULE)

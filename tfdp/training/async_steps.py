@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfdp import _compat
 from tfdp._cross_replica import merge_calls_run_directly
 from tfdp.errors import ConfigError
 
@@ -58,6 +59,19 @@ def check_options(*, max_staleness, mixed_precision, grad_accum_steps, local_ste
                           "own gradient at once, so there is no all-reduce to compress, no replicas to average "
                           "and no agreed float16 loss scale, and tfdp does not implement those asynchronously. "
                           "Fix: leave them out (mixed_bfloat16 works), or use a synchronous strategy.")
+
+
+def check_not_sharded(model) -> None:
+    """Keras 3 layers cannot train variables sharded over the ps tasks (create_strategy(variable_shards=N))."""
+    sharded = [v.path for v in model.weights if _compat.is_sharded(v)]
+    if sharded:
+        raise ConfigError(
+            f"Trainer: {', '.join(sharded)} {'is' if len(sharded) == 1 else 'are'} sharded over the ps tasks "
+            "(create_strategy(variable_shards=...)), and Keras 3 layers cannot use sharded variables: a Keras "
+            "variable wraps one tf.Variable and reads its handle, which a ShardedVariable has not (keras.layers."
+            "Embedding fails with \"'ShardedVariable' object has no attribute 'handle'\" on Keras 3.15.1). Fix: "
+            "leave variable_shards out (each variable then lives whole on one ps task, round-robin), or split a "
+            "large table into several Embedding layers, which the ps tasks then share.")
 
 
 def check_not_synchronous(max_staleness) -> None:

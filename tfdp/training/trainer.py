@@ -158,6 +158,7 @@ class Trainer:
             async_steps.check_options(max_staleness=max_staleness, mixed_precision=mixed_precision,
                                       grad_accum_steps=self.grad_accum_steps, local_steps=self.local_steps,
                                       all_reduce_dtype=self.all_reduce_dtype, compute_loss=compute_loss)
+            async_steps.check_not_sharded(model)
         else:
             async_steps.check_not_synchronous(max_staleness)
         self._metric_identifiers = list(metrics)
