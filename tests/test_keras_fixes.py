@@ -25,7 +25,7 @@ def restore_repairs():
 def test_create_strategy_installs_every_repair_this_keras_needs():
     tfdp.create_strategy("mirrored", num_cpu_replicas=2)
     assert set(keras_fixes.installed()) == {fix.name for fix in keras_fixes.FIXES if keras_fixes.is_needed(fix)}
-    assert len(keras_fixes.installed()) == 6
+    assert len(keras_fixes.installed()) == 8
 
 
 def test_every_repair_states_its_upstream_link_versions_and_the_test_that_shows_it():
@@ -89,7 +89,7 @@ def test_a_missing_keras_internal_is_a_config_error_naming_the_repair(restore_re
         assert part in message
     assert keras_fixes.installed() == ()  # nothing half-installed
     keras_fixes.install(exclude=["multi_worker_fit"])  # the way out the message names
-    assert "multi_worker_fit" not in keras_fixes.installed() and len(keras_fixes.installed()) == 5
+    assert "multi_worker_fit" not in keras_fixes.installed() and len(keras_fixes.installed()) == 7
 
 
 def test_a_changed_signature_is_a_config_error(restore_repairs, monkeypatch):

@@ -77,12 +77,6 @@ def base_optimizer_class() -> type:
     return _class_in_mro(keras.optimizers.SGD, _BASE_OPTIMIZER_MODULE)
 
 
-def tf_variable_class() -> type:
-    """The TensorFlow backend's Keras variable class (keras.src.backend.tensorflow.core.Variable)."""
-    module = _import("keras.src.backend.tensorflow.core")
-    return _attribute(module, "Variable", module.__name__)
-
-
 def in_stateless_scope() -> bool:
     """Whether Keras records variable updates instead of applying them (a StatelessScope)."""
     module = _import("keras.src.backend.common.stateless_scope")

@@ -11,11 +11,13 @@ backend's variable the tf.Variable's own atomic op (AssignAddVariableOp), which 
 same value as read-then-write when nothing runs concurrently; inside a StatelessScope Keras's
 own path is kept.
 
-Upstream: keras-team/keras#18624 (parameter-server training in Keras 3).
+Upstream: keras-team/keras#18668 ("Optimizer Race in Variable Update under PS strategy",
+open); parameter-server training in Keras 3 is keras-team/keras#18624.
 """
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from tfdp import _compat
@@ -39,20 +41,20 @@ def _atomic(op: str, stock):
 
 
 def _apply() -> Undo:
-    owner = _compat.tf_variable_class()
+    owner = keras.Variable  # the TensorFlow backend's variable (its home module moved in Keras 3.16)
     return patch(owner, assign_add=_atomic("assign_add", owner.assign_add),
                  assign_sub=_atomic("assign_sub", owner.assign_sub))
 
 
 def _check() -> None:
-    check_methods(_compat.tf_variable_class(), {"assign_add": ("self", "value"), "assign_sub": ("self", "value"),
+    check_methods(keras.Variable, {"assign_add": ("self", "value"), "assign_sub": ("self", "value"),
                                                 "_direct_assign": ("self", "value")})
     _compat.in_stateless_scope()
 
 
 FIX = Fix(
     name="atomic_assign_add",
-    upstream="https://github.com/keras-team/keras/issues/18624",
+    upstream="https://github.com/keras-team/keras/issues/18668",
     problem="Variable.assign_add reads then writes, so parameter-server workers updating at once lose "
             "increments of the optimizer's iterations and of the metrics",
     reproduced=("3.15.1", "3.16.0.dev2026102704"),
