@@ -91,8 +91,8 @@ def test_one_worker_with_max_staleness_0_equals_one_device(optimizer, clip):
     assert "staleness of the applied updates" in result.stdout and "-> count: 0: 5" in result.stdout
 
 
-def test_two_workers_report_staleness_and_drop_what_exceeds_the_bound():
-    options = {"optimizer": "sgd", "max_staleness": 1, "steps": 30, "epochs": 1}
+def test_two_workers_report_staleness_and_drop_what_exceeds_the_bound(tmp_path):
+    options = {"optimizer": "sgd", "max_staleness": 1, "steps": 30, "epochs": 1, "model_dir": str(tmp_path)}
     result = launch(["--num_workers", "2", "--num_ps", "1", "--timeout", "200", "--", sys.executable, "-c", CHIEF],
                     env={"OPTIONS": json.dumps(options)})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -101,6 +101,12 @@ def test_two_workers_report_staleness_and_drop_what_exceeds_the_bound():
     applied, dropped = sum(map(int, histogram.values())), int(line.rsplit(": ", 1)[1])
     assert set(map(int, histogram)) <= {0, 1} and applied + dropped == 30
     assert result_of(result.stdout)["iterations"] == applied
+    tags = {}  # TensorBoard: the histogram of the applied updates' staleness, and the dropped count
+    for name in os.listdir(tmp_path / "train"):
+        for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "train" / name)):
+            for value in event.summary.value:
+                tags[value.tag] = tf.make_ndarray(value.tensor)
+    assert tags["staleness"][:, 2].sum() == applied and float(tags["dropped_stale_steps"]) == dropped
 
 
 def test_model_fit_is_a_config_error_pointing_to_the_trainer():
@@ -111,6 +117,10 @@ with strategy.scope():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
 data = tf.data.Dataset.from_tensor_slices((np.ones((8, 4), "float32"), np.ones((8, 1), "float32"))).batch(4)
+try:
+    tfdp.Trainer(model, optimizer="sgd", loss="mse", strategy=strategy).fit(data.repeat(), epochs=1)
+except tfdp.ConfigError as e:
+    print("TRAINER", e, flush=True)
 for repaired in (True, False):
     if not repaired:
         tfdp.keras_fixes.install(exclude=["parameter_server_fit"])
@@ -125,6 +135,7 @@ for repaired in (True, False):
     stock = next(line for line in result.stdout.splitlines() if "STOCK" in line)
     assert "ConfigError model.fit() under a parameter_server strategy" in repaired and "tfdp.Trainer" in repaired
     assert "ValueError" in stock and "create_per_worker_dataset" in stock  # stock Keras 3.15.1 / 3.16 nightly
+    assert "[chief] TRAINER Trainer.fit(steps_per_epoch=None) on a parameter_server strategy" in result.stdout
 
 
 def test_workers_and_ps_serve_and_end_with_the_chief_without_a_launcher():

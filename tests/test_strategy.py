@@ -86,7 +86,9 @@ def test_parameter_server_jobs_are_refused_by_multi_worker(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps(
         {"cluster": {"worker": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}))
     with pytest.raises(tfdp.ConfigError, match=r"job\(s\) \['ps'\]"):
-        tfdp.create_strategy("auto")
+        tfdp.create_strategy("multi_worker")
+    with pytest.raises(tfdp.ConfigError, match="parameter_server.*TF_CONFIG has no 'chief' task"):
+        tfdp.create_strategy("auto")  # a ps job means parameter servers
 
 
 def test_is_chief_outside_a_scope_reads_tf_config(monkeypatch):
