@@ -173,14 +173,14 @@ def _scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_has_validation_curves_and_scalars_every_n_steps(two_replicas, tmp_path):
-    trainer = make_trainer(two_replicas, model_dir=str(tmp_path), summary_every_steps=2)
+    trainer = make_trainer(two_replicas, keras.optimizers.Adam(0.01), model_dir=str(tmp_path), summary_every_steps=2)
     history = trainer.fit(batches(), epochs=2, verbose=0, validation_data=batches())
     trainer.close()
     train, validation = _scalars(tmp_path / "train"), _scalars(tmp_path / "validation")
     assert [step for step, _ in train["epoch_loss"]] == [1, 2]
     assert [v for _, v in validation["epoch_loss"]] == pytest.approx(history.history["val_loss"])
     assert "epoch_learning_rate" in train and not any(tag.startswith("epoch_val_") for tag in train)
-    # 45 examples at a global batch of GLOBAL_BATCH: 6 steps per epoch, so steps 2, 4, ..., 12.
+    # 45 examples at a global batch of GLOBAL_BATCH: 6 steps per epoch, so Adam's iterations 2, 4, ..., 12.
     assert [step for step, _ in train["batch_loss"]] == [2, 4, 6, 8, 10, 12]
 
 

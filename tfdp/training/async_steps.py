@@ -21,7 +21,6 @@ back when it returns (tfdp-launch restarts it on its address).
 from __future__ import annotations
 
 import collections
-import logging
 
 import keras
 import numpy as np
@@ -30,8 +29,6 @@ import tensorflow as tf
 from tfdp import _compat
 from tfdp._cross_replica import merge_calls_run_directly
 from tfdp.errors import ConfigError
-
-logger = logging.getLogger("tfdp")
 
 NO_LIMIT = -1  # max_staleness=None: every update is applied, its staleness still measured
 
