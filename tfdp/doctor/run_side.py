@@ -119,7 +119,7 @@ def random_layers(model, batch_x, tf, keras) -> list[dict[str, Any]]:
     return found
 
 
-def _model_facts(model, keras, tf) -> dict[str, Any]:
+def _model_facts(model, keras) -> dict[str, Any]:
     from tfdp import _compat
 
     layers = _layers(model)
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> None:
         model(batch_x)  # a subclassed model makes its weights on its first call
     summary: dict[str, Any] = {"side": args.side, "replicas": args.replicas if strategy else 1}
     if args.side == "one":
-        summary.update(_model_facts(model, keras, tf))
+        summary.update(_model_facts(model, keras))
         summary["random_layers"] = random_layers(model, batch_x, tf, keras)
         np.savez(os.path.join(args.out, INITIAL), *[v.numpy() for v in model.weights])
     else:

@@ -139,7 +139,10 @@ class AsyncSteps:
         with tf.control_dependencies(grads):
             ticket = self.version.assign_add(1, read_value=True)  # atomic on its ps task
         staleness = ticket - 1 - read
-        fresh = tf.logical_or(tf.constant(self.max_staleness < 0), staleness <= self.max_staleness)
+        if self.max_staleness == NO_LIMIT:  # nothing to drop: no condition, no remote count per step
+            self._apply(grads)
+            return staleness
+        fresh = staleness <= self.max_staleness
         applied = tf.cond(fresh, lambda: self._apply(grads), lambda: tf.constant(0, tf.int64))
         self.dropped.assign_add(1 - applied)
         return tf.where(fresh, staleness, -1 - staleness)  # < 0: dropped, with its staleness
