@@ -83,11 +83,12 @@ def test_compressed_count_is_exact_at_4096_examples_x_16_micro_batches(two_repli
 
     @tf.function
     def reduce(dtype):
-        return two_replicas.run(lambda: all_reduce.mean_gradients(grads, tf.constant(4096.0 * 16), dtype=dtype))
+        return two_replicas.run(lambda: all_reduce.mean_gradients(
+            [grads], tf.constant([4096.0 * 16]), counts_at=[0], replicas=2, dtype=dtype))
 
     for dtype in ("float16", "bfloat16", "float32"):
         means, total = (two_replicas.experimental_local_results(v)[0] for v in reduce(dtype))
-        assert float(total) == 2 * 4096 * 16
+        assert float(total[0]) == 2 * 4096 * 16
         np.testing.assert_allclose(means[0].numpy(), 2 * 2.0 ** 15 / (2 * 4096 * 16), rtol=1e-2)
 
 

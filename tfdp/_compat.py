@@ -135,6 +135,30 @@ def flatten_layers(model, *, include_self: bool = False):
     return _attribute(model, "_flatten_layers", "Model")(include_self=include_self)
 
 
+# -- Keras losses ----------------------------------------------------------------------------
+
+_LOSS_MODULE = "keras.src.losses.loss"
+
+
+def loss_module():
+    """keras.src.losses.loss: `reduce_weighted_values`, which every Keras Loss.__call__ reduces with."""
+    module = _import(_LOSS_MODULE)
+    for name in ("reduce_weighted_values", "standardize_reduction", "squeeze_or_expand_to_same_rank"):
+        _attribute(module, name, _LOSS_MODULE)
+    return module
+
+
+def squeeze_or_expand_to_same_rank(x1, x2):
+    """Keras's rank matching of a loss's values and its sample weights."""
+    return _attribute(_import(_LOSS_MODULE), "squeeze_or_expand_to_same_rank", _LOSS_MODULE)(x1, x2)
+
+
+def keras_mask(tensor):
+    """The Keras mask a layer attached to `tensor` (None when it has none)."""
+    masking = _import("keras.src.backend.common.masking")
+    return _attribute(masking, "get_keras_mask", masking.__name__)(tensor)
+
+
 # -- TensorFlow internals ------------------------------------------------------------------
 
 
@@ -181,10 +205,10 @@ def first_replica_spec(spec):
     return values[0] if values else spec
 
 
-def resolve_metric(identifier, y_true, y_pred):
-    """A metric from a name as `model.compile` resolves it ("accuracy" by the label and output shapes)."""
+def compile_metrics_class() -> type:
+    """Keras's CompileMetrics: metrics per output, named and resolved as model.compile does."""
     compile_utils = _import("keras.src.trainers.compile_utils")
-    return _attribute(compile_utils, "get_metric", compile_utils.__name__)(identifier, y_true, y_pred)
+    return _attribute(compile_utils, "CompileMetrics", compile_utils.__name__)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,15 @@ class Fix:
 def check_methods(owner: type, signatures: Mapping[str, Sequence[str]]) -> None:
     """Raises MissingInternal unless `owner` has each method with these leading parameters
     (and no further required ones)."""
-    where = f"{owner.__module__}.{owner.__qualname__}"
+    _check_callables(owner, f"{owner.__module__}.{owner.__qualname__}", signatures)
+
+
+def check_functions(module, signatures: Mapping[str, Sequence[str]]) -> None:
+    """The same for a module's functions."""
+    _check_callables(module, module.__name__, signatures)
+
+
+def _check_callables(owner, where: str, signatures: Mapping[str, Sequence[str]]) -> None:
     for name, params in signatures.items():
         method = getattr(owner, name, None)
         if not callable(method):

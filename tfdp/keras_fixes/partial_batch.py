@@ -1,12 +1,19 @@
-"""partial_batch: uneven and empty per-replica batches.
+"""partial_batch: uneven per-replica batches, tokens and empty shares weighed as on one device.
 
-Keras averages the loss over each replica's *local* batch and divides by the number of
-replicas. With an uneven last batch (45 examples on 2 replicas: 23 + 22) that weights
-examples unequally, and a replica whose share is empty (tf.data can hand [30, 0]) runs
-its model on zero examples, where TensorFlow's oneDNN CPU kernels fail (Conv2D returns
-the input's shape; the MaxPool gradient aborts the process). The repair pads an empty
-share with one example of weight 0 and weights each replica's data loss by its share of
-the GLOBAL batch. Nothing changes on one replica.
+Keras divides each replica's loss by the replica's OWN count (its examples, or its valid
+tokens under a mask) and averages the replicas. With an uneven last batch (45 examples
+on 2 replicas: 23 + 22), or replicas holding different numbers of valid tokens (a masked
+per-token loss), that weights examples and tokens unequally: the weights differ from one
+device's at the same global batch. A replica whose share is empty (tf.data can hand
+[30, 0]) runs its model on zero examples, where TensorFlow's oneDNN CPU kernels fail
+(Conv2D returns the input's shape; the MaxPool gradient aborts the process).
+
+The repair, in train_step and test_step of several replicas: every Keras loss divides
+its SUM by the COUNT summed over all replicas and workers (`tfdp.loss_reduction`: the
+valid tokens under a mask, the values otherwise, the weights for
+"mean_with_sample_weight"), so the replicas' losses add up to one device's; an empty
+share is padded with one example that counts nothing (its loss, counts and metric
+updates are multiplied away). Nothing changes on one replica.
 
 Upstream: keras-team/keras#19891 (the output of fit/evaluate changes with the number of
 replicas; its fix, keras#20609, scaled regularisers but kept the local-batch average); the
@@ -15,12 +22,47 @@ empty share's crash is keras-team/keras#19246's AddN "[1,...] != [0,...]".
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
-from tfdp import _compat, batch_norm
-from tfdp._cross_replica import nonempty_batch
-from tfdp.keras_fixes._base import Fix, Undo, check_methods, patch, replicas_in_sync
+from tfdp import _compat, batch_norm, loss_reduction
+from tfdp._cross_replica import nonempty_batch, only_if_real, real
+from tfdp.keras_fixes._base import Fix, Undo, check_functions, check_methods, patch, patch_module, replicas_in_sync
+
+# Set, per replica thread (MirroredStrategy runs each replica's step in a thread of its
+# own), while a repaired step computes its loss: the replica's "real" flag.
+_global = threading.local()
+
+
+@contextlib.contextmanager
+def _global_denominators(real_flag: tf.Tensor):
+    previous = getattr(_global, "real", None)
+    _global.real = real_flag
+    try:
+        yield
+    finally:
+        _global.real = previous
+
+
+def _reduce_weighted_values(stock):
+    """Keras's reduction, dividing by the global COUNT inside a repaired step."""
+
+    def reduce_weighted_values(values, sample_weight=None, mask=None, reduction="sum_over_batch_size",
+                               dtype=None):
+        real_flag = getattr(_global, "real", None)
+        if real_flag is None or reduction not in loss_reduction.DIVIDED:
+            return stock(values, sample_weight=sample_weight, mask=mask, reduction=reduction, dtype=dtype)
+        values = tf.convert_to_tensor(values, dtype=dtype)
+        total, count = loss_reduction.sum_and_count(values, sample_weight=sample_weight, mask=mask,
+                                                    reduction=reduction, dtype=values.dtype)
+        is_real = real_flag > 0
+        global_count = tf.distribute.get_replica_context().all_reduce("SUM", tf.where(is_real, count, 0))
+        return tf.math.divide_no_nan(tf.where(is_real, total, 0), global_count)
+
+    return reduce_weighted_values
 
 
 def _forward(model, x, training: bool):
@@ -28,23 +70,28 @@ def _forward(model, x, training: bool):
 
 
 def _replica_loss(model, x, y, y_pred, sample_weight, n, training: bool):
-    """(loss to differentiate, unscaled local loss for the loss tracker)."""
+    """(this replica's part of the global batch's loss, the batch's loss as the tracker weighs it by n)."""
     replicas = replicas_in_sync()
     n_float = tf.cast(n, tf.float32)
     n_global = tf.distribute.get_replica_context().all_reduce("SUM", n_float)
-    share = tf.math.divide_no_nan(n_float * replicas, n_global)
     compiled = _compat.compile_loss(model)
     if type(model).compute_loss is not _compat.base_trainer_class().compute_loss or compiled is None:
-        # A custom compute_loss: keep its value, reweighted by this replica's share.
+        # A custom compute_loss: keep its value, reweighted by this replica's share of the examples.
+        share = tf.math.divide_no_nan(n_float * replicas, n_global)
         loss = _compat.compute_loss_private(model, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                             training=training)
         return loss * tf.cast(share, loss.dtype), loss * replicas
-    # Both parts come divided by the number of replicas (Keras's own scaling).
-    data_loss = compiled(y, y_pred, sample_weight)
-    extra = [_compat.aggregate_additional_loss(model, loss) for loss in model.losses]
-    extra = tf.add_n(extra) if extra else tf.zeros((), data_loss.dtype)
-    loss = data_loss * tf.cast(share, data_loss.dtype) + extra
-    return loss, (data_loss + extra) * replicas
+    with _global_denominators(real(n)):
+        data_loss = compiled(y, y_pred, sample_weight)  # SUM here / COUNT of all replicas
+    extra = [_compat.aggregate_additional_loss(model, loss) for loss in model.losses]  # each / replicas
+    loss = data_loss + (tf.add_n(extra) if extra else tf.zeros((), data_loss.dtype))
+    return loss, tf.math.divide_no_nan(loss * tf.cast(n_global, loss.dtype), tf.cast(n_float, loss.dtype))
+
+
+def _compute_metrics(model, x, y, y_pred, sample_weight, n):
+    """model.compute_metrics, skipped for the padding of an empty share."""
+    return tf.cond(n > 0, lambda: model.compute_metrics(x, y, y_pred, sample_weight=sample_weight),
+                   model.get_metrics_result)
 
 
 def _apply() -> Undo:
@@ -64,9 +111,9 @@ def _apply() -> Undo:
             if self.optimizer is not None:
                 loss = self.optimizer.scale_loss(loss)
         if self.trainable_weights:
-            gradients = tape.gradient(loss, self.trainable_weights)
+            gradients = [only_if_real(g, n) for g in tape.gradient(loss, self.trainable_weights)]
             self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return _compute_metrics(self, x, y, y_pred, sample_weight, n)
 
     def test_step(self, data):
         if replicas_in_sync() == 1:
@@ -76,7 +123,7 @@ def _apply() -> Undo:
         y_pred = _forward(self, x, training=False)
         _, tracked = _replica_loss(self, x, y, y_pred, sample_weight, n, training=False)
         _compat.loss_tracker(self).update_state(tracked, sample_weight=n)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return _compute_metrics(self, x, y, y_pred, sample_weight, n)
 
     def predict_step(self, data):
         if replicas_in_sync() == 1:
@@ -85,7 +132,15 @@ def _apply() -> Undo:
         x, _, _, n = nonempty_batch(x, None, None)
         return keras.tree.map_structure(lambda t: t[:n], _forward(self, x, training=False))
 
-    return patch(trainer, train_step=train_step, test_step=test_step, predict_step=predict_step)
+    undo_steps = patch(trainer, train_step=train_step, test_step=test_step, predict_step=predict_step)
+    losses = _compat.loss_module()
+    undo_reduce = patch_module(losses, reduce_weighted_values=_reduce_weighted_values(losses.reduce_weighted_values))
+
+    def undo() -> None:
+        undo_reduce()
+        undo_steps()
+
+    return undo
 
 
 def _check() -> None:
@@ -94,7 +149,10 @@ def _check() -> None:
     check_methods(_compat.base_trainer_class(), {
         "compute_loss": ("self", "x", "y", "y_pred", "sample_weight"),
         "_compute_loss": ("self",), "_aggregate_additional_loss": ("self", "loss"),
-        "compute_metrics": ("self", "x", "y", "y_pred", "sample_weight")})
+        "compute_metrics": ("self", "x", "y", "y_pred", "sample_weight"), "get_metrics_result": ("self",)})
+    losses = _compat.loss_module()
+    check_functions(losses, {"reduce_weighted_values": ("values", "sample_weight", "mask", "reduction", "dtype"),
+                             "squeeze_or_expand_to_same_rank": ("x1", "x2")})
 
 
 FIX = Fix(

@@ -34,9 +34,11 @@ def fit(trainer, data, *, epochs: int, initial_epoch: int, steps_per_epoch: int 
     steps = trainer.async_steps
     if isinstance(data, tf.data.Dataset):
         trainer._resolve_metrics(data)
-    elif not trainer._metrics_resolved:
+    elif any(isinstance(m, str) for m in keras.tree.flatten(trainer.metrics.identifiers)):
         raise ConfigError("Trainer(metrics=[names]) with a dataset_fn on a parameter_server strategy: names are "
                           "resolved from the data's shapes. Fix: give keras.metrics objects.")
+    else:
+        trainer.metrics.build()
     iterator = steps.per_worker_iterator(data)
     start_step = 0
     resumed = trainer._resume()

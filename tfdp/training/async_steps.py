@@ -29,6 +29,7 @@ import tensorflow as tf
 from tfdp import _compat
 from tfdp._cross_replica import merge_calls_run_directly
 from tfdp.errors import ConfigError
+from tfdp.training import losses
 
 NO_LIMIT = -1  # max_staleness=None: every update is applied, its staleness still measured
 
@@ -82,7 +83,7 @@ class AsyncSteps:
 
     Args:
         model, optimizer, strategy: the Trainer's (built in the strategy's scope).
-        loss: fn(y_true, y_pred) -> per-example loss.
+        loss: the Trainer's CompiledLoss (training/losses.py).
         metrics, loss_tracker: Keras metrics (their variables live on the ps tasks).
         clip_global_norm: clip each step's gradient to this global norm, or None.
         max_staleness: drop a step whose staleness exceeds this; None: never drop.
@@ -103,15 +104,12 @@ class AsyncSteps:
     # -- worker side -------------------------------------------------------------------
 
     def loss_and_outputs(self, batch, training: bool):
-        """(mean loss of the batch + model.losses, y, y_pred)."""
+        """(the batch's loss as one device computes it + model.losses, y, y_pred)."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         y_pred = self.model(x, training=training)
-        per_example = tf.cast(self.loss(y, y_pred), tf.float32)
-        if per_example.shape.rank and per_example.shape.rank > 1:
-            per_example = tf.reduce_mean(per_example, axis=list(range(1, per_example.shape.rank)))
-        if sample_weight is not None:
-            per_example *= tf.cast(tf.reshape(sample_weight, tf.shape(per_example)), tf.float32)
-        loss = tf.reduce_mean(per_example)
+        examples = tf.cast(tf.shape(keras.tree.flatten(y_pred)[0])[0], tf.float32)
+        terms = self.loss.terms(y, y_pred, sample_weight, examples)
+        loss = losses.total_loss([s for s, _ in terms.values()], [c for _, c in terms.values()])
         if self.model.losses:
             loss += tf.add_n([tf.cast(extra, tf.float32) for extra in self.model.losses])
         return loss, y, y_pred
@@ -157,9 +155,8 @@ class AsyncSteps:
         return run
 
     def _update_metrics(self, loss, y, y_pred) -> None:
-        self.loss_tracker.update_state(loss, sample_weight=tf.shape(y_pred)[0])
-        for metric in self.metrics:
-            metric.update_state(y, y_pred)
+        self.loss_tracker.update_state(loss, sample_weight=tf.shape(keras.tree.flatten(y_pred)[0])[0])
+        self.metrics.update_state(y, y_pred)
 
     # -- chief side --------------------------------------------------------------------
 

@@ -1,12 +1,13 @@
 """What each replica computes in one step of tfdp.Trainer, in the order that makes N replicas equal one device.
 
-forward -> per-example loss -> SUM over this replica's examples (+ model.losses once per
-example) -> x (loss scale / (local examples x replicas)) under float16, so the backward
-pass sees Keras's magnitudes -> gradients -> back to the gradient of the SUM (float32)
--> accumulate micro-batches locally -> ONE packed all-reduce -> / global examples
--> finite check (float16, or a compressed all-reduce) on the reduced values, the same on
-every replica -> clip by global norm -> apply once (the optimizer's `iterations` counts
-applied updates only).
+forward -> the loss as (SUM, COUNT) terms, as Keras reduces it on one device
+(training/losses.py: examples, valid tokens under a mask, weights) + model.losses once
+per example -> x (loss scale / (local count x replicas)) under float16, so the backward
+pass sees Keras's magnitudes -> gradients of each term's SUM (IndexedSlices kept sparse)
+-> accumulate micro-batches locally (sums, counts and gradients add up) -> ONE packed
+all-reduce -> / each term's GLOBAL count -> finite check (float16, or a compressed
+all-reduce) on the reduced values, the same on every replica -> clip by global norm ->
+apply once (the optimizer's `iterations` counts applied updates only).
 """
 
 from __future__ import annotations
@@ -16,27 +17,10 @@ from collections.abc import Callable, Sequence
 import keras
 import tensorflow as tf
 
-from tfdp._cross_replica import merge_calls_run_directly, nonempty_batch
-from tfdp.training import all_reduce
+from tfdp._cross_replica import merge_calls_run_directly, nonempty_batch, only_if_real, real
+from tfdp.training import all_reduce, gradients, losses
 from tfdp.training.local_steps import LocalSteps
 from tfdp.training.precision import DynamicLossScale
-
-
-def per_example_loss_fn(loss) -> Callable | None:
-    """fn(y_true, y_pred) -> per-example losses, from a Keras loss name, object or function."""
-    if loss is None:
-        return None
-    if isinstance(loss, str):
-        loss = keras.losses.get(loss)
-    if isinstance(loss, keras.losses.Loss):
-        return loss.call  # Keras's unreduced values
-    return loss
-
-
-def _one_loss_per_example(values: tf.Tensor) -> tf.Tensor:
-    """Reduces anything beyond the batch axis by its mean: one float32 loss per example."""
-    values = tf.cast(values, tf.float32)
-    return tf.reduce_mean(values, axis=list(range(1, values.shape.rank))) if values.shape.rank > 1 else values
 
 
 class ReplicaStep:
@@ -44,10 +28,11 @@ class ReplicaStep:
 
     Args:
         model, optimizer, strategy: as given to the Trainer (optimizer built in scope).
-        loss: fn(y_true, y_pred) -> per-example loss, or None with `compute_loss`.
-        compute_loss: fn(model, batch, training) -> per-example loss, or None.
-        metrics: Keras metrics updated per replica (their SUM-on-read state is exact).
-        loss_tracker: a keras.metrics.Mean of the per-example loss (+ model.losses).
+        loss: the Trainer's CompiledLoss, or None with `compute_loss`.
+        compute_loss: fn(model, batch, training) -> per-example losses or (SUM, COUNT), or None.
+        metrics: a Keras metric over (y, y_pred, sample_weight) updated per replica (its
+            SUM-on-read state is exact), or None.
+        loss_tracker: a keras.metrics.Mean of each step's loss (as one device computes it).
         loss_scale: the float16 loss scale, or None.
         clip_global_norm: clip the reduced gradient to this global norm, or None.
         all_reduce_dtype: "float32", "float16" or "bfloat16".
@@ -56,11 +41,10 @@ class ReplicaStep:
             updates), or None: every step all-reduces the gradients.
     """
 
-    def __init__(self, *, model: keras.Model, optimizer, strategy, loss: Callable | None,
-                 compute_loss: Callable | None, metrics: Sequence[keras.metrics.Metric],
-                 loss_tracker: keras.metrics.Mean, loss_scale: DynamicLossScale | None,
-                 clip_global_norm: float | None, all_reduce_dtype: str, skipped_steps: tf.Variable,
-                 local: LocalSteps | None = None):
+    def __init__(self, *, model: keras.Model, optimizer, strategy, loss: losses.CompiledLoss | None,
+                 compute_loss: Callable | None, metrics, loss_tracker: keras.metrics.Mean,
+                 loss_scale: DynamicLossScale | None, clip_global_norm: float | None, all_reduce_dtype: str,
+                 skipped_steps: tf.Variable, local: LocalSteps | None = None):
         self.model, self.optimizer, self.strategy, self.loss = model, optimizer, strategy, loss
         self.compute_loss, self.metrics, self.loss_tracker = compute_loss, metrics, loss_tracker
         self.loss_scale, self.clip_global_norm = loss_scale, clip_global_norm
@@ -68,49 +52,78 @@ class ReplicaStep:
         # Only a float16 loss scale or a compressed all-reduce can make a step non-finite
         # that float32 would not; Keras applies a non-finite float32 step, and so do we.
         self.checks_finite = loss_scale is not None or all_reduce_dtype != "float32"
+        self.divided: list[bool] = []  # per term (set when traced): whether it has a COUNT
 
     # -- replica context ---------------------------------------------------------------
 
-    def _loss_sum(self, batch, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        """(SUM of this replica's per-example losses + model.losses per example, examples)."""
+    def _terms(self, batch, training: bool) -> tuple[dict, tf.Tensor, tf.Tensor]:
+        """({term: (SUM, COUNT or None)} of this replica's batch + model.losses per example, examples,
+        1.0 or 0.0 for the padding of an empty share)."""
         if self.compute_loss is not None:
-            per_example = _one_loss_per_example(self.compute_loss(self.model, batch, training))
-            n = tf.shape(per_example)[0]
+            terms = losses.custom_terms(self.compute_loss(self.model, batch, training))
+            first = keras.tree.flatten(batch)[0]
+            n = tf.cast(tf.shape(first)[0], tf.float32)
+            flag = tf.constant(1.0)
         else:
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
             x, y, sample_weight, n = nonempty_batch(x, y, sample_weight)
             y_pred = self.model(x, training=training)
-            per_example = _one_loss_per_example(self.loss(y, y_pred)) * tf.cast(sample_weight, tf.float32)
-            for metric in self.metrics:
-                metric.update_state(y, y_pred, sample_weight=sample_weight)
-        extra = tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]) if self.model.losses else 0.0
-        n = tf.cast(n, tf.float32)
-        # model.losses count once per example, so that the all-reduced sum / examples adds
-        # them exactly once; an empty share (n = 0) contributes nothing.
-        total = tf.reduce_sum(per_example) + extra * n
-        self.loss_tracker.update_state(tf.math.divide_no_nan(total, n), sample_weight=n)
-        return total, n
+            flag, n = real(n), tf.cast(n, tf.float32)
+            terms = self.loss.terms(y, y_pred, sample_weight, n)
+            if self.metrics is not None:  # the padding of an empty share updates nothing
+                tf.cond(n > 0, lambda: self._update_metrics(y, y_pred, sample_weight), tf.no_op)
+        if self.model.losses:
+            extra = tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses])
+            losses.add(terms, losses.EXAMPLES, extra * n, n)
+        terms = {k: (only_if_real(s, flag), None if c is None else only_if_real(c, flag))
+                 for k, (s, c) in sorted(terms.items())}
+        return terms, n, flag
+
+    def _update_metrics(self, y, y_pred, sample_weight):
+        self.metrics.update_state(y, y_pred, sample_weight=sample_weight)
+        return tf.no_op()
+
+    def _scalars(self, terms: dict, n) -> tf.Tensor:
+        """[SUM per term, COUNT per divided term, examples]: what the all-reduce carries."""
+        sums = [s for s, _ in terms.values()]
+        counts = [c for _, c in terms.values() if c is not None]
+        return tf.stack([*sums, *counts, n])
+
+    def _counts_at(self, terms: int) -> list[int | None]:
+        """Per term, where its COUNT is in the scalars (they follow the `terms` sums); None: undivided."""
+        at, i = [], terms
+        for divided in self.divided:
+            at.append(i if divided else None)
+            i += 1 if divided else 0
+        return at
 
     def micro_step(self, batch, accumulated=None):
-        """Forward and backward on this replica's batch; adds to `accumulated` (gradients, examples)."""
+        """Forward and backward on this replica's batch; adds to `accumulated` (gradients per term, scalars)."""
         variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            total, n = self._loss_sum(batch, training=True)
-            multiplier = self._loss_multiplier(n)
-            scaled = total if multiplier is None else total * multiplier
-        grads = tape.gradient(scaled, variables)
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
-        if multiplier is not None:
-            grads = [tf.cast(g, tf.float32) / multiplier for g in grads]
+        with tf.GradientTape(persistent=True) as tape:
+            terms, n, flag = self._terms(batch, training=True)
+            scaled = [(s, self._loss_multiplier(n if c is None else c)) for s, c in terms.values()]
+            scaled = [(s if m is None else s * m, m) for s, m in scaled]
+        self.divided = [c is not None for _, c in terms.values()]
+        grads_by_term = []
+        for value, multiplier in scaled:
+            grads = [only_if_real(gradients.as_gradient(g, v), flag)
+                     for g, v in zip(tape.gradient(value, variables), variables)]
+            if multiplier is not None:
+                grads = [gradients.scale(gradients.cast(g, tf.float32), 1.0 / multiplier) for g in grads]
+            grads_by_term.append(grads)
+        del tape
+        scalars = self._scalars(terms, n)
         if accumulated is not None:
-            grads = [a + g for a, g in zip(accumulated[0], grads)]
-            n = accumulated[1] + n
-        return grads, n
+            grads_by_term = [[gradients.add(a, g) for a, g in zip(old, new)]
+                             for old, new in zip(accumulated[0], grads_by_term)]
+            scalars = accumulated[1] + scalars
+        return grads_by_term, scalars
 
-    def _loss_multiplier(self, n: tf.Tensor) -> tf.Tensor | None:
-        """What the loss SUM is multiplied by before the backward pass (None: nothing).
+    def _loss_multiplier(self, count: tf.Tensor) -> tf.Tensor | None:
+        """What a term's SUM is multiplied by before the backward pass (None: nothing).
 
-        float16: the loss scale / (local examples x replicas), so that the backward pass
+        float16: the loss scale / (local count x replicas), so that the backward pass
         sees what Keras's LossScaleOptimizer sees (the local mean / replicas x scale) and
         overflows as rarely. The optimizer's own `loss_scale_factor` is honoured too.
         The gradients are divided by the same multiplier right after.
@@ -118,39 +131,54 @@ class ReplicaStep:
         multiplier = None
         if self.loss_scale is not None:
             replicas = float(self.strategy.num_replicas_in_sync)
-            multiplier = self.loss_scale.scale / tf.maximum(n * replicas, 1.0)
+            multiplier = self.loss_scale.scale / tf.maximum(count * replicas, 1.0)
         factor = self.optimizer.loss_scale_factor
         if factor is not None:
             multiplier = factor if multiplier is None else multiplier * factor
         return None if multiplier is None else tf.cast(multiplier, tf.float32)
 
+    def _track(self, scalars: tf.Tensor, examples: tf.Tensor) -> None:
+        """The step's loss as one device computes it, weighted by this replica's examples."""
+        terms = len(self.divided)
+        at = self._counts_at(terms)
+        total = tf.add_n([scalars[k] if at[k] is None else tf.math.divide_no_nan(scalars[k], scalars[at[k]])
+                          for k in range(terms)])
+        self.loss_tracker.update_state(total, sample_weight=examples)
+
     def apply_step(self, accumulated) -> None:
         """The all-reduce, then the update, decided identically on every replica."""
+        grads_by_term, scalars = accumulated
         if self.local is not None:
-            self._apply_step_locally(accumulated)
+            self._apply_step_locally(grads_by_term, scalars)
             return
-        grads, n = accumulated
-        if self.strategy.num_replicas_in_sync > 1:
-            grads, n = all_reduce.mean_gradients(grads, n, dtype=self.all_reduce_dtype)
-        else:
-            grads = [g / n for g in grads]
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]) if self.checks_finite else None
+        grads, reduced = all_reduce.mean_gradients(
+            grads_by_term, scalars, self._counts_at(len(grads_by_term)),
+            replicas=self.strategy.num_replicas_in_sync, dtype=self.all_reduce_dtype)
+        self._track(reduced, scalars[-1])
+        finite = gradients.all_finite(grads) if self.checks_finite else None
         tf.distribute.get_replica_context().merge_call(self._apply_once, args=(grads, finite))
 
-    def _apply_step_locally(self, accumulated) -> None:
+    def _apply_step_locally(self, grads_by_term, scalars) -> None:
         """Local steps: this replica's own mean gradient, clipped, applied to its own copies."""
-        grads, n = accumulated
-        grads = [g / tf.maximum(n, 1.0) for g in grads]
+        self._track(scalars, scalars[-1])
+        grads, _ = all_reduce.mean_gradients(grads_by_term, scalars, self._counts_at(len(grads_by_term)),
+                                             replicas=1)
         if self.clip_global_norm:
-            grads = tf.clip_by_global_norm(grads, self.clip_global_norm)[0]
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]) if self.checks_finite else None
+            grads = gradients.clip_by_global_norm(grads, self.clip_global_norm)
+        finite = gradients.all_finite(grads) if self.checks_finite else None
         factor = self.optimizer.loss_scale_factor
         if factor is not None:  # the optimizer divides by it again
-            grads = [g * factor for g in grads]
+            grads = [gradients.scale(g, factor) for g in grads]
         tf.distribute.get_replica_context().merge_call(self._apply_local, args=(grads, finite))
 
     def eval_step(self, batch) -> None:
-        self._loss_sum(batch, training=False)
+        terms, n, _ = self._terms(batch, training=False)
+        self.divided = [c is not None for _, c in terms.values()]
+        scalars = self._scalars(terms, n)
+        reduced = scalars
+        if self.strategy.num_replicas_in_sync > 1:
+            reduced = all_reduce.sum_packed(scalars)
+        self._track(reduced, n)
 
     def predict_step(self, batch):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
@@ -180,10 +208,10 @@ class ReplicaStep:
         grads = [first(g) for g in grads]
 
         def apply():
-            clipped = tf.clip_by_global_norm(grads, self.clip_global_norm)[0] if self.clip_global_norm else grads
+            clipped = gradients.clip_by_global_norm(grads, self.clip_global_norm) if self.clip_global_norm else grads
             factor = self.optimizer.loss_scale_factor
             if factor is not None:  # the optimizer divides by it again
-                clipped = [g * factor for g in clipped]
+                clipped = [gradients.scale(g, factor) for g in clipped]
             with merge_calls_run_directly():
                 self.optimizer.apply_gradients(zip(clipped, self.model.trainable_variables))
 

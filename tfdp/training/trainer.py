@@ -16,11 +16,12 @@ from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 from tfdp.roles import is_chief, num_workers
-from tfdp.training import async_fit, async_steps, loops, precision
+from tfdp.training import async_fit, async_steps, class_weights, loops, losses, precision
 from tfdp.training.all_reduce import ALL_REDUCE_DTYPES
 from tfdp.training.local_steps import LocalSteps
 from tfdp.training.model_dir import ModelDir, Position
-from tfdp.training.replica_step import ReplicaStep, per_example_loss_fn
+from tfdp.training.metrics import TrainerMetrics
+from tfdp.training.replica_step import ReplicaStep
 
 tf = import_tensorflow()
 logger = logging.getLogger("tfdp")
@@ -45,21 +46,6 @@ def _check_optimizer(optimizer) -> None:
                           f"{optimizer.gradient_accumulation_steps})): the Trainer accumulates with one "
                           "all-reduce per update. Fix: pass "
                           f"grad_accum_steps={optimizer.gradient_accumulation_steps} to the Trainer instead.")
-
-
-def _check_loss(loss, compute_loss) -> None:
-    if (loss is None) == (compute_loss is None):
-        raise ConfigError("Trainer: give loss=fn(y_true, y_pred) for (x, y) data, or "
-                          "compute_loss=fn(model, batch, training) for anything else; exactly one.")
-    if loss is not None and not (isinstance(loss, (str, keras.losses.Loss)) or callable(loss)):
-        raise ConfigError(f"Trainer(loss={loss!r}): give a Keras loss name (\"mse\"), a keras.losses.Loss or "
-                          "fn(y_true, y_pred) -> per-example losses.")
-    if isinstance(loss, str):
-        try:
-            keras.losses.get(loss)
-        except ValueError:
-            raise ConfigError(f"Trainer(loss={loss!r}): not a Keras loss name, such as \"mse\" or "
-                              "\"sparse_categorical_crossentropy\".") from None
 
 
 def _verbosity(verbose) -> int:
@@ -87,11 +73,17 @@ class Trainer:
             LossScaleOptimizer (use mixed_precision) and without
             gradient_accumulation_steps (use grad_accum_steps); its `loss_scale_factor`
             is honoured.
-        loss: a Keras loss (name or object: its unreduced values are used) or
-            fn(y_true, y_pred) -> per-example loss. None when `compute_loss` is given.
+        loss: what model.compile takes: a Keras loss (name or object) or fn(y_true, y_pred)
+            -> per-example loss, for every output; {output name: loss}; or [loss per
+            output]. Reduced exactly as Keras reduces it on one device (a mask on the
+            output counts valid tokens only, "mean_with_sample_weight" divides by the
+            weights), but by the GLOBAL count (training/losses.py). None when
+            `compute_loss` is given.
+        loss_weights: {output name: weight} or [weight per output], as model.compile.
         strategy: the tfdp strategy the model was built under.
-        metrics: Keras metrics, names resolved as `model.compile` does ("accuracy" by the
-            label and output shapes); aggregated across replicas and workers.
+        metrics: what model.compile takes (a list, or {output name: metrics}); names
+            resolved and logged as compile does ("accuracy" by the label and output
+            shapes; "a_mae" for output a); aggregated across replicas and workers.
         mixed_precision: None, "mixed_float16" (dynamic loss scaling, as Keras's
             LossScaleOptimizer) or "mixed_bfloat16". Set it up front with
             `tfdp.training.set_mixed_precision`.
@@ -107,7 +99,10 @@ class Trainer:
             so a run killed mid-epoch resumes step-exact); None: at the end of each epoch only.
         compute_loss: for models that are not plain (x, y) supervised:
             fn(model, batch, training) -> per-example losses (a vector over the local
-            batch). It replaces `loss`; `metrics` are then not updated.
+            batch; values beyond the batch axis are averaged), or (SUM, COUNT): two
+            scalars, this replica's summed loss and what it counts (valid tokens, say);
+            the Trainer divides the SUM over all replicas and micro-batches by the COUNT
+            over all of them. It replaces `loss`; `metrics` are then not updated.
         local_steps: 1 (default): every step all-reduces the gradients. H > 1: each
             replica applies its own gradients (its own mean, clipped, its own float16
             loss scale), and all weights are averaged over every replica and worker in
@@ -127,7 +122,7 @@ class Trainer:
     """
 
     def __init__(self, model: keras.Model, *, optimizer, loss=None, strategy: tf.distribute.Strategy,
-                 metrics: Sequence = (), mixed_precision: str | None = None, grad_accum_steps: int = 1,
+                 metrics: Sequence = (), loss_weights=None, mixed_precision: str | None = None, grad_accum_steps: int = 1,
                  clip_global_norm: float | None = None, steps_per_loop: int = 1,
                  model_dir: str | None = None, all_reduce_dtype: str = "float32", max_checkpoints: int = 3,
                  save_every_steps: int | None = None, compute_loss: Callable | None = None,
@@ -152,7 +147,8 @@ class Trainer:
         _check_local_steps(self.local_steps, outer_optimizer=outer_optimizer, strategy=strategy,
                            mixed_precision=mixed_precision, all_reduce_dtype=self.all_reduce_dtype,
                            save_every_steps=self.save_every_steps)
-        _check_loss(loss, compute_loss)
+        losses.check(loss, compute_loss, loss_weights)
+        compiled_loss = None if loss is None else losses.CompiledLoss(loss, loss_weights=loss_weights, model=model)
         asynchronous = async_steps.is_parameter_server(strategy)
         if asynchronous:
             async_steps.check_options(max_staleness=max_staleness, mixed_precision=mixed_precision,
@@ -161,7 +157,7 @@ class Trainer:
             async_steps.check_not_sharded(model)
         else:
             async_steps.check_not_synchronous(max_staleness)
-        self._metric_identifiers = list(metrics)
+        self.metrics = TrainerMetrics(metrics, model=model, strategy=strategy)
         with strategy.scope():
             self.optimizer = keras.optimizers.get(optimizer)
             _check_optimizer(self.optimizer)
@@ -169,7 +165,6 @@ class Trainer:
             # outside the scope fails on its first update. Bind it to this strategy.
             self.optimizer._distribution_strategy = strategy
             self.optimizer.build(model.trainable_variables)
-            self.metrics = [m for m in self._metric_identifiers if isinstance(m, keras.metrics.Metric)]
             self.loss_tracker = keras.metrics.Mean(name="loss")
             self.loss_scale = precision.DynamicLossScale() if mixed_precision == "mixed_float16" else None
             self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
@@ -185,12 +180,13 @@ class Trainer:
                 self.local = LocalSteps(model=model, optimizer=self.optimizer, local_steps=self.local_steps,
                                         outer_optimizer=outer)
         self.step = ReplicaStep(model=model, optimizer=self.optimizer, strategy=strategy,
-                                loss=per_example_loss_fn(loss), compute_loss=compute_loss, metrics=self.metrics,
+                                loss=compiled_loss, compute_loss=compute_loss,
+                                metrics=None if compute_loss is not None else self.metrics,
                                 loss_tracker=self.loss_tracker, loss_scale=self.loss_scale,
                                 clip_global_norm=clip_global_norm, all_reduce_dtype=self.all_reduce_dtype,
                                 skipped_steps=self.skipped_steps, local=self.local)
         self.async_steps = async_steps.AsyncSteps(
-            model=model, optimizer=self.optimizer, strategy=strategy, loss=per_example_loss_fn(loss),
+            model=model, optimizer=self.optimizer, strategy=strategy, loss=compiled_loss,
             metrics=self.metrics, loss_tracker=self.loss_tracker, clip_global_norm=clip_global_norm,
             max_staleness=max_staleness) if asynchronous else None
         self._chief = is_chief(strategy)
@@ -205,9 +201,6 @@ class Trainer:
                                       max_checkpoints=max_checkpoints)
         self._resume_pending = self.model_dir is not None
         self._preemption: preemption.PreemptionWatch | None = None
-        # With compute_loss there are no (y, y_pred) to update metrics with, nor to resolve names by.
-        self._metrics_resolved = compute_loss is not None or all(
-            isinstance(m, keras.metrics.Metric) for m in self._metric_identifiers)
         self._train_loop = loops.train_loop(self.step, strategy, self.grad_accum_steps)
         self._eval_loop = loops.eval_loop(self.step, strategy)
         self._skip_loop = loops.skip_loop()
@@ -229,31 +222,16 @@ class Trainer:
 
     def _resolve_metrics(self, data) -> None:
         """Metric names become metrics as model.compile makes them, from the data's shapes."""
-        if self._metrics_resolved:
-            return
-        specs = tf.nest.map_structure(_compat.first_replica_spec, data.element_spec)
-        x_spec, y_spec, _ = keras.utils.unpack_x_y_sample_weight(specs)
-        as_tensor = lambda s: keras.KerasTensor(s.shape, dtype=s.dtype.name)  # noqa: E731
-        y_pred = self.model.compute_output_spec(tf.nest.map_structure(as_tensor, x_spec))
-        with self.strategy.scope():
-            self.metrics[:] = [m if isinstance(m, keras.metrics.Metric) else
-                               _compat.resolve_metric(m, as_tensor(y_spec), y_pred)
-                               for m in self._metric_identifiers]
-        self._metrics_resolved = True
+        self.metrics.build(data.element_spec)
 
     # -- logs -------------------------------------------------------------------------------
 
     def _logs(self) -> dict[str, float]:
-        logs = {"loss": float(self.loss_tracker.result())}
-        for metric in self.metrics:
-            result = metric.result()
-            logs.update({k: float(v) for k, v in result.items()} if isinstance(result, dict)
-                        else {metric.name: float(result)})
-        return logs
+        return {"loss": float(self.loss_tracker.result()), **self.metrics.result()}
 
     def _reset(self) -> None:
-        for metric in [self.loss_tracker, *self.metrics]:
-            metric.reset_state()
+        self.loss_tracker.reset_state()
+        self.metrics.reset_state()
 
     def _callbacks(self, callbacks, *, verbose: int, epochs: int, steps: int | None):
         if getattr(self.model, "optimizer", None) is None:  # LearningRateScheduler and friends read it
@@ -278,7 +256,7 @@ class Trainer:
 
     def fit(self, data, *, epochs: int = 1, initial_epoch: int = 0, steps_per_epoch: int | None = None,
             validation_data=None, validation_freq=1, callbacks: Sequence = (),
-            verbose="auto") -> keras.callbacks.History:
+            verbose="auto", class_weight: dict | None = None) -> keras.callbacks.History:
         """Trains from `initial_epoch` up to (not including) epoch `epochs`, as model.fit.
 
         Args:
@@ -294,6 +272,8 @@ class Trainer:
             callbacks: keras.callbacks.Callback objects (EarlyStopping, LearningRateScheduler,
                 ModelCheckpoint, your own...); model.stop_training ends training.
             verbose: "auto", 0, 1 (progress bar) or 2 (one line per epoch); on the chief only.
+            class_weight: {class index: weight}, as model.fit: each example's loss is
+                weighted by its class (a model with one output; `data` a tf.data.Dataset).
 
         Returns:
             The keras.callbacks.History of this fit.
@@ -304,6 +284,13 @@ class Trainer:
         if isinstance(validation_freq, numbers.Integral):
             _whole("fit", "validation_freq", validation_freq)
         verbose = _verbosity(verbose)
+        class_weight = class_weights.check(class_weight)
+        if class_weight is not None:
+            if not isinstance(data, tf.data.Dataset):
+                raise ConfigError(f"Trainer.fit(class_weight=..., data={type(data).__name__}): class weights are "
+                                  "added to a tf.data.Dataset of batches. Fix: pass the Dataset, not a "
+                                  "distributed one (or put the weights in the data yourself).")
+            data = class_weights.apply(data, class_weight)
         if self.async_steps is not None:
             return async_fit.fit(self, data, epochs=epochs, initial_epoch=initial_epoch,
                                  steps_per_epoch=steps_per_epoch, validation_data=validation_data,
