@@ -175,3 +175,14 @@ def trainer_fit(name: str, strategy, *, optimizer: str = "sgd", epochs: int = 2,
 
 def largest_difference(a, b) -> float:
     return max(float(np.max(np.abs(x - y))) if x.size else 0.0 for x, y in zip(a, b))
+
+
+def doctor_tagger():
+    """For `tfdp doctor --model tests.zoo:doctor_tagger --data tests.zoo:doctor_tagger_data`."""
+    model = tagger()
+    model.compile(optimizer=OPTIMIZERS["adam"](), loss=FAMILIES["tagger"].loss(), metrics=["accuracy"])
+    return model
+
+
+def doctor_tagger_data():
+    return data("tagger")

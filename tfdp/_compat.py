@@ -205,6 +205,12 @@ def first_replica_spec(spec):
     return values[0] if values else spec
 
 
+def clip_by_global_norm(grads, clip_norm):
+    """Keras's own global-norm clipping (what `global_clipnorm` does): it densifies IndexedSlices."""
+    return _attribute(_import(_BASE_OPTIMIZER_MODULE), "clip_by_global_norm", _BASE_OPTIMIZER_MODULE)(
+        grads, clip_norm)
+
+
 def compile_metrics_class() -> type:
     """Keras's CompileMetrics: metrics per output, named and resolved as model.compile does."""
     compile_utils = _import("keras.src.trainers.compile_utils")

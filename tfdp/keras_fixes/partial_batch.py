@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from tfdp import _compat, batch_norm, loss_reduction
+from tfdp import gradients
 from tfdp._cross_replica import nonempty_batch, only_if_real, real
 from tfdp.keras_fixes._base import Fix, Undo, check_functions, check_methods, patch, patch_module, replicas_in_sync
 
@@ -70,7 +71,8 @@ def _forward(model, x, training: bool):
 
 
 def _replica_loss(model, x, y, y_pred, sample_weight, n, training: bool):
-    """(this replica's part of the global batch's loss, the batch's loss as the tracker weighs it by n)."""
+    """(this replica's part of the global batch's data loss, of model.losses, the batch's loss for the
+    tracker (weighed by n); the data part is None for a custom compute_loss, which returns one value)."""
     replicas = replicas_in_sync()
     n_float = tf.cast(n, tf.float32)
     n_global = tf.distribute.get_replica_context().all_reduce("SUM", n_float)
@@ -80,12 +82,26 @@ def _replica_loss(model, x, y, y_pred, sample_weight, n, training: bool):
         share = tf.math.divide_no_nan(n_float * replicas, n_global)
         loss = _compat.compute_loss_private(model, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                             training=training)
-        return loss * tf.cast(share, loss.dtype), loss * replicas
+        return None, loss * tf.cast(share, loss.dtype), loss * replicas
     with _global_denominators(real(n)):
         data_loss = compiled(y, y_pred, sample_weight)  # SUM here / COUNT of all replicas
     extra = [_compat.aggregate_additional_loss(model, loss) for loss in model.losses]  # each / replicas
-    loss = data_loss + (tf.add_n(extra) if extra else tf.zeros((), data_loss.dtype))
-    return loss, tf.math.divide_no_nan(loss * tf.cast(n_global, loss.dtype), tf.cast(n_float, loss.dtype))
+    extra = tf.add_n(extra) if extra else tf.zeros((), data_loss.dtype)
+    # Weighed by n on each replica, the tracker's mean is one device's: the data parts add up
+    # over replicas, model.losses count once.
+    tracked = tf.math.divide_no_nan(data_loss * tf.cast(n_global, data_loss.dtype), tf.cast(n_float, data_loss.dtype))
+    return data_loss, extra, tracked + extra * replicas
+
+
+def _gradients(model, tape, data_loss, other, n):
+    """Gradients of data_loss + other. The data part is zero on the padding of an empty share
+    (NaN-safe: a select); `other` (model.losses, or a custom compute_loss) counts on every replica."""
+    weights = model.trainable_weights
+    grads = tape.gradient(other, weights)
+    if data_loss is None:
+        return grads
+    data = [only_if_real(g, n) for g in tape.gradient(data_loss, weights)]
+    return [d if o is None else o if d is None else gradients.add(d, o) for d, o in zip(data, grads)]
 
 
 def _compute_metrics(model, x, y, y_pred, sample_weight, n):
@@ -104,15 +120,16 @@ def _apply() -> Undo:
         batch_norm.warn_if_unsynchronized(self, num_replicas=replicas_in_sync())
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, y, sample_weight, n = nonempty_batch(x, y, sample_weight)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=True) as tape:
             y_pred = _forward(self, x, training=True)
-            loss, tracked = _replica_loss(self, x, y, y_pred, sample_weight, n, training=True)
+            data_loss, other, tracked = _replica_loss(self, x, y, y_pred, sample_weight, n, training=True)
             _compat.loss_tracker(self).update_state(tracked, sample_weight=n)
             if self.optimizer is not None:
-                loss = self.optimizer.scale_loss(loss)
+                data_loss = None if data_loss is None else self.optimizer.scale_loss(data_loss)
+                other = self.optimizer.scale_loss(other)
         if self.trainable_weights:
-            gradients = [only_if_real(g, n) for g in tape.gradient(loss, self.trainable_weights)]
-            self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+            self.optimizer.apply_gradients(zip(_gradients(self, tape, data_loss, other, n), self.trainable_weights))
+        del tape
         return _compute_metrics(self, x, y, y_pred, sample_weight, n)
 
     def test_step(self, data):
@@ -121,7 +138,7 @@ def _apply() -> Undo:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, y, sample_weight, n = nonempty_batch(x, y, sample_weight)
         y_pred = _forward(self, x, training=False)
-        _, tracked = _replica_loss(self, x, y, y_pred, sample_weight, n, training=False)
+        _, _, tracked = _replica_loss(self, x, y, y_pred, sample_weight, n, training=False)
         _compat.loss_tracker(self).update_state(tracked, sample_weight=n)
         return _compute_metrics(self, x, y, y_pred, sample_weight, n)
 

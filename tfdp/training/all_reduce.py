@@ -8,7 +8,8 @@ divided by its GLOBAL count afterwards. Compressed (float16/bfloat16), the scala
 go through their own float32 all-reduce, so that they stay exact and the gradients are
 divided BEFORE the cast: the compressed values are means, not sums, and do not overflow
 float16 at any realistic batch. Sparse gradients (IndexedSlices) are gathered, not
-summed: every replica's slices, as one device's batch would hold them (gradients.py).
+summed: every replica's slices, as one device's batch would hold them (tfdp/gradients.py);
+compressed in float16, in float32 for bfloat16 (TensorFlow aggregates no bfloat16 slices).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from tfdp.training import gradients
+from tfdp import gradients
 
 ALL_REDUCE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -47,6 +48,9 @@ def sum_packed(packed: tf.Tensor, dtype: str = "float32") -> tf.Tensor:
 def _sum_sparse(slices: list, dtype: str) -> list:
     if not slices:
         return []
+    # Gathered rows are not added up, so they cannot overflow; TensorFlow's IndexedSlices
+    # aggregation takes no bfloat16 (TF 2.21), so bfloat16 rows travel in float32.
+    dtype = "float32" if dtype == "bfloat16" else dtype
     sent = [gradients.cast(g, dtype) for g in slices] if dtype != "float32" else slices
     gathered = tf.distribute.get_replica_context().all_reduce("SUM", sent)
     return [gradients.cast(g, tf.float32) for g in gathered]

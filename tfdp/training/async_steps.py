@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tfdp import _compat
 from tfdp._cross_replica import merge_calls_run_directly
+from tfdp import gradients
 from tfdp.errors import ConfigError
 from tfdp.training import losses
 
@@ -127,7 +128,7 @@ class AsyncSteps:
                 loss, y, y_pred = self.loss_and_outputs(batch, training=True)
             grads = tape.gradient(loss, self.model.trainable_variables)
         if self.clip_global_norm:
-            grads, _ = tf.clip_by_global_norm(grads, self.clip_global_norm)
+            grads = gradients.clip_by_global_norm(grads, self.clip_global_norm)
         self._update_metrics(loss, y, y_pred)
         return read, grads
 

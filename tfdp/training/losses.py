@@ -137,6 +137,15 @@ class CompiledLoss:
             sw = None if sample_weight is None else pick(sample_weight, i, name, "sample weights")
             yield i, name, loss, weight, pick(y, i, name, "targets"), pred, sw
 
+    def check_targets(self, element_spec, y_pred_spec) -> None:
+        """ConfigError (before anything is traced) when the data's targets do not match the outputs."""
+        _, y, sample_weight = keras.utils.unpack_x_y_sample_weight(element_spec)
+        if y is None:
+            raise ConfigError("Trainer: the data have no targets; a loss needs (x, y) batches. Fix: (x, y) or "
+                              "(x, y, sample_weight) elements, or compute_loss=fn(model, batch, training).")
+        for _ in self._outputs(y, y_pred_spec, sample_weight):
+            pass
+
     def terms(self, y, y_pred, sample_weight, examples: tf.Tensor) -> dict[str, tuple[tf.Tensor, tf.Tensor | None]]:
         """{term: (SUM, COUNT or None)} of this batch (float32), as Keras would reduce it on one device."""
         terms: dict[str, tuple[tf.Tensor, tf.Tensor | None]] = {}

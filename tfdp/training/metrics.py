@@ -46,6 +46,13 @@ class TrainerMetrics:
     def built(self) -> bool:
         return self.compiled is not None or not self.identifiers
 
+    def output_spec(self, element_spec):
+        """The model's outputs (KerasTensors) for the data's x, and the data's specs per replica."""
+        specs = tf.nest.map_structure(_compat.first_replica_spec, element_spec)
+        x_spec, _, _ = keras.utils.unpack_x_y_sample_weight(specs)
+        as_tensor = lambda s: keras.KerasTensor(s.shape, dtype=s.dtype.name)  # noqa: E731
+        return self.model.compute_output_spec(tf.nest.map_structure(as_tensor, x_spec)), specs
+
     def build(self, element_spec=None) -> None:
         """Resolves names from the data's (x, y) specs; without them, targets shaped as the outputs."""
         if self.built:

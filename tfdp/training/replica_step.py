@@ -18,7 +18,8 @@ import keras
 import tensorflow as tf
 
 from tfdp._cross_replica import merge_calls_run_directly, nonempty_batch, only_if_real, real
-from tfdp.training import all_reduce, gradients, losses
+from tfdp import gradients
+from tfdp.training import all_reduce, losses
 from tfdp.training.local_steps import LocalSteps
 from tfdp.training.precision import DynamicLossScale
 

@@ -148,7 +148,8 @@ class Trainer:
                            mixed_precision=mixed_precision, all_reduce_dtype=self.all_reduce_dtype,
                            save_every_steps=self.save_every_steps)
         losses.check(loss, compute_loss, loss_weights)
-        compiled_loss = None if loss is None else losses.CompiledLoss(loss, loss_weights=loss_weights, model=model)
+        self.compiled_loss = compiled_loss = (None if loss is None else
+                                              losses.CompiledLoss(loss, loss_weights=loss_weights, model=model))
         asynchronous = async_steps.is_parameter_server(strategy)
         if asynchronous:
             async_steps.check_options(max_staleness=max_staleness, mixed_precision=mixed_precision,
@@ -223,6 +224,8 @@ class Trainer:
     def _resolve_metrics(self, data) -> None:
         """Metric names become metrics as model.compile makes them, from the data's shapes."""
         self.metrics.build(data.element_spec)
+        if self.compiled_loss is not None:
+            self.compiled_loss.check_targets(*reversed(self.metrics.output_spec(data.element_spec)))
 
     # -- logs -------------------------------------------------------------------------------
 

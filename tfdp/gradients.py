@@ -7,6 +7,7 @@ occurs twice in a batch. tfdp therefore never densifies: accumulation concatenat
 slices of the micro-batches, the all-reduce gathers every replica's slices (what one
 device's larger batch would have held), scaling and casting act on the values, and the
 optimizer sees what it sees on one device. It also keeps the bytes down: rows, not tables.
+(Clipping by global norm densifies, after the all-reduce, because Keras's clipping does.)
 """
 
 from __future__ import annotations
@@ -55,5 +56,12 @@ def all_finite(grads) -> tf.Tensor:
 
 
 def clip_by_global_norm(grads, clip_norm):
-    """Keras's global-norm clipping: a sparse gradient's norm is that of its slices, as Keras computes it."""
-    return tf.clip_by_global_norm(grads, clip_norm)[0]
+    """Clipped as an optimizer's `global_clipnorm` clips on one device: Keras's own function.
+
+    Its norm of an IndexedSlices is that of its slices, and its product with the scale
+    densifies it (`IndexedSlices * tensor` is a dense multiply), so an adaptive optimizer
+    then squares the summed rows: tfdp must do the same, not keep the slices.
+    """
+    from tfdp import _compat
+
+    return tf.autograph.experimental.do_not_convert(_compat.clip_by_global_norm)(grads, clip_norm)
