@@ -36,6 +36,7 @@ TEST_FILES = (
     "optimizers/loss_scale_optimizer_test.py",
     "backend/tensorflow/optimizer_distribute_test.py",
     "trainers/trainer_test.py",
+    "losses/loss_test.py",
 )
 # Test id -> why its outcome differs with the repairs installed (stock outcome, repaired outcome).
 EXPECTED_DIFFERENCES = {

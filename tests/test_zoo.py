@@ -89,6 +89,13 @@ def test_trainer_accumulation_and_clipping_equal_one_larger_batch(two_replicas, 
     assert zoo.largest_difference(expected, got) < TOLERANCE
 
 
+def test_fit_with_gradient_accumulation_equals_keras_on_one_device(two_replicas):
+    """Keras's accumulation semantics (the mean of K micro-batch gradients), tokens divided globally."""
+    reference = zoo.fit("tagger", tf.distribute.get_strategy(), optimizer="adam_accumulating")
+    assert zoo.largest_difference(reference, zoo.fit("tagger", two_replicas, optimizer="adam_accumulating")) \
+        < TOLERANCE
+
+
 def test_compute_loss_can_return_sum_and_count(two_replicas):
     """A user's own token normalisation: (SUM over valid tokens, their COUNT), divided globally."""
     def compute_loss(model, batch, training):
@@ -151,6 +158,11 @@ def test_class_weight_is_taken_as_model_fit_takes_it(two_replicas):
     reference = build(tf.distribute.get_strategy())
     reference.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss)
     reference.fit(data, epochs=2, verbose=0, class_weight=class_weight)
+    fitted = build(two_replicas)
+    with two_replicas.scope():
+        fitted.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss)
+    fitted.fit(data, epochs=2, verbose=0, class_weight=class_weight)
+    assert zoo.largest_difference(reference.get_weights(), fitted.get_weights()) < TOLERANCE
     model = build(two_replicas)
     trainer = tfdp.Trainer(model, optimizer=keras.optimizers.Adam(0.05), loss=loss, strategy=two_replicas)
     trainer.fit(data, epochs=2, verbose=0, class_weight=class_weight)

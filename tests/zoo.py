@@ -127,6 +127,7 @@ OPTIMIZERS = {
     "sgd": lambda: keras.optimizers.SGD(0.2),
     "adam": lambda: keras.optimizers.Adam(
         keras.optimizers.schedules.ExponentialDecay(0.03, decay_steps=3, decay_rate=0.7)),
+    "adam_accumulating": lambda: keras.optimizers.Adam(0.03, gradient_accumulation_steps=2),
 }
 
 
