@@ -141,17 +141,21 @@ OPTIMIZERS = {
 
 
 def test_every_adaptive_optimizer_on_embeddings_equals_model_fit(two_replicas):
-    """Repeated rows in a batch: Keras squares each slice of an IndexedSlices gradient before adding."""
+    """Repeated ids in a batch: Keras squares each slice of an IndexedSlices gradient before adding.
+
+    The tagger has both kinds of gradient: the Embedding's slices and the Dense layer's
+    dense ones, which a bfloat16 all-reduce compresses (measured <= 1.2e-3 from float32).
+    """
     one = tfdp.create_strategy("default")
     failures = []
     for label, make in OPTIMIZERS.items():
         zoo.OPTIMIZERS[label] = make
-        reference = zoo.fit("recommender", tf.distribute.get_strategy(), optimizer=label)
+        reference = zoo.fit("tagger", tf.distribute.get_strategy(), optimizer=label)
         for where, strategy, options, tolerance in [("1 device", one, {}, TOLERANCE),
                                                     ("2 replicas", two_replicas, {}, TOLERANCE),
                                                     ("bfloat16 all-reduce", two_replicas,
-                                                     {"all_reduce_dtype": "bfloat16"}, 2e-2)]:
-            got = zoo.trainer_fit("recommender", strategy, optimizer=label, **options)
+                                                     {"all_reduce_dtype": "bfloat16"}, 5e-3)]:
+            got = zoo.trainer_fit("tagger", strategy, optimizer=label, **options)
             difference = zoo.largest_difference(reference, got)
             if not difference <= tolerance:
                 failures.append(f"{label} on {where}: {difference:.3g}")
