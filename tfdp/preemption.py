@@ -70,6 +70,16 @@ class PreemptionWatch:
         return float(self.strategy.experimental_local_results(total)[0]) > 0
 
 
+def exit_after_save(*, epoch: int, step: int, where: str, chief: bool) -> None:
+    """Says where the preemption save went (on the chief) and raises Preempted: the one ending
+    of a preempted fit, for the Trainer's loop and the BackupAndRestore repair alike."""
+    message = (f"preempted (SIGTERM): saved epoch {epoch} step {step} to {where}; exiting with "
+               f"{PREEMPTED_EXIT_CODE}, the next run resumes there")
+    if chief:
+        print(f"tfdp: {message}", flush=True)
+    raise Preempted(message)
+
+
 def restore_default_sigterm() -> None:
     """Gives SIGTERM back its default action (end the process) unless the program set its own.
 

@@ -172,12 +172,8 @@ def _save_and_exit(callback, batch: int) -> None:
     _save(callback)
     _stop_watching(callback)
     remove_private_dir(callback)
-    message = (f"preempted (SIGTERM): saved epoch {callback._current_epoch} step {batch + 1} to "
-               f"{callback.backup_dir}; exiting with {preemption.PREEMPTED_EXIT_CODE}, the next run "
-               "resumes there")
-    if on_chief(callback):
-        print(f"tfdp: {message}", flush=True)
-    raise preemption.Preempted(message)
+    preemption.exit_after_save(epoch=callback._current_epoch, step=batch + 1, where=callback.backup_dir,
+                               chief=on_chief(callback))
 
 
 def _apply() -> Undo:

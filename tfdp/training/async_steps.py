@@ -41,7 +41,7 @@ def is_parameter_server(strategy) -> bool:
 
 
 def check_options(*, max_staleness, mixed_precision, grad_accum_steps, local_steps, all_reduce_dtype,
-                  compute_loss) -> None:
+                  compute_loss, save_every_steps) -> None:
     """What the asynchronous loop does not do, as ConfigErrors naming the option."""
     if max_staleness is not None and (isinstance(max_staleness, bool) or not isinstance(max_staleness, int)
                                       or max_staleness < 0):
@@ -51,12 +51,14 @@ def check_options(*, max_staleness, mixed_precision, grad_accum_steps, local_ste
                    f"grad_accum_steps={grad_accum_steps}": grad_accum_steps != 1,
                    f"local_steps={local_steps}": local_steps != 1,
                    f"all_reduce_dtype=\"{all_reduce_dtype}\"": all_reduce_dtype != "float32",
-                   "compute_loss": compute_loss is not None}
+                   "compute_loss": compute_loss is not None,
+                   f"save_every_steps={save_every_steps}": save_every_steps is not None}
     refused = [name for name, present in unsupported.items() if present]
     if refused:
         raise ConfigError(f"Trainer({', '.join(refused)}) on a parameter_server strategy: each worker applies its "
                           "own gradient at once, so there is no all-reduce to compress, no replicas to average "
-                          "and no agreed float16 loss scale, and tfdp does not implement those asynchronously. "
+                          "and no agreed float16 loss scale nor a step every worker has reached (checkpoints are "
+                          "written at the end of each epoch), and tfdp does not implement those asynchronously. "
                           "Fix: leave them out (mixed_bfloat16 works), or use a synchronous strategy.")
 
 

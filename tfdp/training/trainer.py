@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import numbers
 import sys
@@ -16,12 +17,13 @@ from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice
 from tfdp.roles import is_chief, num_workers
-from tfdp.training import async_fit, async_steps, class_weights, loops, losses, precision
+from tfdp.training import async_runner, async_steps, class_weights, loops, losses, precision
 from tfdp.training.all_reduce import ALL_REDUCE_DTYPES
 from tfdp.training.local_steps import LocalSteps
 from tfdp.training.model_dir import ModelDir, Position
 from tfdp.training.metrics import TrainerMetrics
 from tfdp.training.replica_step import ReplicaStep
+from tfdp.training.sync_runner import SyncRunner
 
 tf = import_tensorflow()
 logger = logging.getLogger("tfdp")
@@ -154,7 +156,8 @@ class Trainer:
         if asynchronous:
             async_steps.check_options(max_staleness=max_staleness, mixed_precision=mixed_precision,
                                       grad_accum_steps=self.grad_accum_steps, local_steps=self.local_steps,
-                                      all_reduce_dtype=self.all_reduce_dtype, compute_loss=compute_loss)
+                                      all_reduce_dtype=self.all_reduce_dtype, compute_loss=compute_loss,
+                                      save_every_steps=self.save_every_steps)
             async_steps.check_not_sharded(model)
         else:
             async_steps.check_not_synchronous(max_staleness)
@@ -294,13 +297,7 @@ class Trainer:
                                   "added to a tf.data.Dataset of batches. Fix: pass the Dataset, not a "
                                   "distributed one (or put the weights in the data yourself).")
             data = class_weights.apply(data, class_weight)
-        if self.async_steps is not None:
-            return async_fit.fit(self, data, epochs=epochs, initial_epoch=initial_epoch,
-                                 steps_per_epoch=steps_per_epoch, validation_data=validation_data,
-                                 validation_freq=validation_freq, callbacks=callbacks, verbose=verbose,
-                                 validate_after=_validate_after)
-        distributed = self._distribute(data, "fit")
-        self._resolve_metrics(distributed)
+        runner = self._runner(data, steps_per_epoch=steps_per_epoch, verbose=verbose)
         start_step, skip_batches = 0, 0
         resumed = self._resume()
         if resumed is not None:
@@ -310,33 +307,37 @@ class Trainer:
         if self.local is not None:  # fit starts at an averaging boundary: the anchor is the model
             self.local.reset_anchors()
         if self.model_dir is None:  # nowhere to save: SIGTERM keeps its usual meaning
-            return self._fit_epochs(distributed, initial_epoch, epochs, start_step, skip_batches, steps_per_epoch,
+            return self._fit_epochs(runner, initial_epoch, epochs, start_step, skip_batches, steps_per_epoch,
                                     validation_data, validation_freq, callback_list)
         with preemption.PreemptionWatch(self.strategy) as self._preemption:
             try:
-                return self._fit_epochs(distributed, initial_epoch, epochs, start_step, skip_batches,
-                                        steps_per_epoch, validation_data, validation_freq, callback_list)
+                return self._fit_epochs(runner, initial_epoch, epochs, start_step, skip_batches, steps_per_epoch,
+                                        validation_data, validation_freq, callback_list)
             finally:
                 self._preemption = None
 
-    def _fit_epochs(self, distributed, initial_epoch, epochs, start_step, skip_batches, steps_per_epoch,
+    def _runner(self, data, *, steps_per_epoch: int | None, verbose: int):
+        """What runs the steps: asynchronous on a parameter-server strategy, else synchronous."""
+        if self.async_steps is not None:
+            return async_runner.AsyncRunner(self, data, steps_per_epoch=steps_per_epoch, verbose=verbose)
+        distributed = self._distribute(data, "fit")
+        self._resolve_metrics(distributed)
+        return SyncRunner(distributed=distributed, train_loop=self._train_loop, skip_loop=self._skip_loop,
+                          average_pending=self._average_pending, steps_per_epoch=steps_per_epoch)
+
+    def _fit_epochs(self, runner, initial_epoch, epochs, start_step, skip_batches, steps_per_epoch,
                     validation_data, validation_freq, callback_list) -> keras.callbacks.History:
+        """The one epoch loop (synchronous and asynchronous runners alike)."""
         callback_list.on_train_begin()
-        iterator, batches_read, logs = None, 0, {}
+        logs = {}
         for epoch in range(initial_epoch, epochs):
             self._reset()
             callback_list.on_epoch_begin(epoch)
-            if iterator is None or steps_per_epoch is None:
-                iterator, batches_read = iter(distributed), 0
-            if skip_batches:
-                batches_read = int(self._skip_loop(iterator, tf.constant(skip_batches)))
-                skip_batches = 0
-            step, started = start_step, time.perf_counter()
+            runner.start_epoch(skip_batches)
+            skip_batches, started = 0, time.perf_counter()
+            self._train_epoch(runner, start_step, epoch, steps_per_epoch, callback_list)
             start_step = 0
-            iterator, batches_read, step = self._train_epoch(distributed, iterator, batches_read, step, epoch,
-                                                             steps_per_epoch, callback_list)
-            if self._average_pending is not None:  # evaluation, callbacks and checkpoints see one model
-                self._average_pending()
+            runner.end_epoch(epoch)
             seconds = time.perf_counter() - started
             logs = self._logs()
             logs["examples_per_sec"] = float(self.loss_tracker.count.numpy()) / seconds if seconds else 0.0
@@ -346,57 +347,58 @@ class Trainer:
                 callback_list.on_test_end(validation)
                 logs.update({f"val_{k}": v for k, v in validation.items()})
             callback_list.on_epoch_end(epoch, logs)
-            self.position.set(epoch + 1, 0, batches_read if steps_per_epoch else 0)
+            self.position.set(epoch + 1, 0, runner.batches_read if steps_per_epoch else 0)
             self._save()
             self._write_summaries(logs, epoch + 1)
+            runner.write_summaries(epoch + 1)
             if self.model.stop_training:
                 break
         callback_list.on_train_end(logs)
         self._warn_about_skipped_steps()
         return self.model.history
 
-    def _train_epoch(self, distributed, iterator, batches_read: int, step: int, epoch: int,
-                     steps_per_epoch: int | None, callback_list):
-        """Runs one epoch's steps; returns (iterator, batches read from it, steps of the epoch)."""
-        fresh = batches_read == 0
-        while steps_per_epoch is None or step < steps_per_epoch:
-            chunk = self.steps_per_loop if steps_per_epoch is None else min(self.steps_per_loop,
-                                                                            steps_per_epoch - step)
-            if self.save_every_steps:
-                chunk = min(chunk, self.save_every_steps - step % self.save_every_steps)
-            if self.local_steps > 1:  # every averaging boundary ends a chunk
-                chunk = min(chunk, self.local_steps - step % self.local_steps)
-            callback_list.on_train_batch_begin(step)
-            ran, read = (int(v) for v in self._train_loop(iterator, tf.constant(chunk)))
-            step, batches_read = step + ran, batches_read + read
+    def _chunk(self, step: int, steps_per_epoch: int | None) -> int:
+        """Steps of the next chunk: steps_per_loop, ending at the epoch's end, a step save and an averaging."""
+        chunk = self.steps_per_loop if steps_per_epoch is None else min(self.steps_per_loop, steps_per_epoch - step)
+        if self.save_every_steps:
+            chunk = min(chunk, self.save_every_steps - step % self.save_every_steps)
+        if self.local_steps > 1:  # every averaging boundary ends a chunk
+            chunk = min(chunk, self.local_steps - step % self.local_steps)
+        return chunk
+
+    def _train_epoch(self, runner, step: int, epoch: int, steps_per_epoch: int | None, callback_list) -> int:
+        """Runs one epoch's steps from `step`, `runner.in_flight` chunks at a time; returns the steps of the epoch."""
+        pending, scheduled = collections.deque(), step
+        while True:
+            while len(pending) < runner.in_flight and (steps_per_epoch is None or scheduled < steps_per_epoch):
+                chunk = self._chunk(scheduled, steps_per_epoch)
+                callback_list.on_train_batch_begin(scheduled)
+                pending.append((chunk, runner.schedule(chunk)))
+                scheduled += chunk
+            if not pending:
+                return step
+            chunk, handle = pending.popleft()
+            ran, data_ended = runner.wait(handle)
+            step += ran
+            if ran < chunk:  # (synchronous: nothing else in flight) the data ended inside the chunk
+                scheduled = step
             if ran:
-                fresh = False
                 batch_logs = self._logs()
                 callback_list.on_train_batch_end(step - 1, batch_logs)
                 self._write_step_summaries(batch_logs)
                 if self.save_every_steps and step % self.save_every_steps == 0:
-                    self.position.set(epoch, step, batches_read)
+                    self.position.set(epoch, step, runner.batches_read)
                     self._save()
-            if ran < chunk:  # the data ended
-                if fresh:
-                    raise ConfigError("Trainer.fit(data): the data yields no batch, so nothing would train. "
-                                      "Fix: check the dataset (an empty file list, a filter that drops "
-                                      "everything, or take(0)).")
-                if steps_per_epoch is None:
-                    break
-                iterator, batches_read, fresh = iter(distributed), 0, True  # read the data again
+            if data_ended:
+                return step
             at_boundary = step % self.local_steps == 0  # (local steps) where every replica holds the average
             if self._preemption is not None and at_boundary and self._preemption.should_stop():
-                self.position.set(epoch, step, batches_read)
+                runner.quiesce()
+                self.position.set(epoch, step, runner.batches_read)
                 self._save()
-                message = (f"preempted (SIGTERM): saved epoch {epoch} step {step} to {self.model_dir.path}; "
-                           f"exiting with {preemption.PREEMPTED_EXIT_CODE}, the next run resumes there")
-                if self._chief:
-                    print(f"tfdp: {message}", flush=True)
-                raise preemption.Preempted(message)
+                preemption.exit_after_save(epoch=epoch, step=step, where=self.model_dir.path, chief=self._chief)
             if self.model.stop_training:
-                break
-        return iterator, batches_read, step
+                return step
 
     def _save(self) -> None:
         if self.model_dir is not None:
@@ -432,7 +434,7 @@ class Trainer:
         """Loss (+ model.losses) and metrics over `data`, aggregated across replicas and workers."""
         _whole("evaluate", "steps", steps, allow_none=True)
         if self.async_steps is not None:
-            return async_fit.evaluate(self, data, steps=steps)
+            return async_runner.evaluate(self, data, steps=steps)
         distributed = self._distribute(data, "evaluate")
         self._resolve_metrics(distributed)
         verbose = _verbosity(verbose)
@@ -460,7 +462,7 @@ class Trainer:
         """The model's outputs for every example of `data` (global batches), in order, as model.predict."""
         _whole("predict", "steps", steps, allow_none=True)
         if self.async_steps is not None:
-            return async_fit.predict(self, data, steps=steps)
+            return async_runner.predict(self, data, steps=steps)
         if not isinstance(data, tf.data.Dataset):
             raise ConfigError(f"Trainer.predict(data={type(data).__name__}): give a tf.data.Dataset of GLOBAL "
                               "batches (its order is the order of the outputs).")
