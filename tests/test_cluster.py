@@ -303,7 +303,7 @@ def test_every_pod_of_an_indexed_job_gets_the_same_cluster_and_its_own_index():
 def test_bad_pod_variables_name_the_variable(change, message):
     with pytest.raises(ConfigError) as raised:
         TFConfig.from_kubernetes(_pod(0, **change))
-    assert message in str(raised.value) and "docs/kubernetes.md" in str(raised.value)
+    assert message in str(raised.value) and "docs/clusters.md" in str(raised.value)
 
 
 def test_kubernetes_command_line_prints_tf_config():

@@ -125,6 +125,10 @@ try:
     tfdp.Trainer(model, optimizer="adam", loss="mse", strategy=strategy, grad_accum_steps=2)
 except tfdp.ConfigError as e:
     print("OPTIONS", e, flush=True)
+try:
+    tfdp.Trainer(model, optimizer="adam", loss="mse", strategy=strategy, save_every_steps=2, model_dir="/tmp/tfdp-x")
+except tfdp.ConfigError as e:
+    print("STEP SAVES", e, flush=True)
 for repaired in (True, False):
     if not repaired:
         tfdp.keras_fixes.install(exclude=["parameter_server_fit"])
@@ -141,6 +145,7 @@ for repaired in (True, False):
     assert "ValueError" in stock and "create_per_worker_dataset" in stock  # stock Keras 3.15.1 / 3.16 nightly
     assert "[chief] TRAINER Trainer.fit(steps_per_epoch=None) on a parameter_server strategy" in result.stdout
     assert "[chief] OPTIONS Trainer(grad_accum_steps=2) on a parameter_server strategy" in result.stdout
+    assert "[chief] STEP SAVES Trainer(save_every_steps=2) on a parameter_server strategy" in result.stdout
 
 
 def test_workers_and_ps_serve_and_end_with_the_chief_without_a_launcher():

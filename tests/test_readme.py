@@ -60,3 +60,28 @@ def test_every_readme_command_runs_as_written_in_order(tmp_path):
             assert model_dir.startswith(str(tmp_path))
             assert json.loads((Path(model_dir) / "results.json").read_text())["train"]["loss"] > 0
     assert len(ran) == len(COMMANDS) - 1 >= 6  # setup+recipe, env, 2 doctors, Keras's tests, tfdp-launch
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_relative_link_and_docs_reference_resolves():
+    """Links in README.md and docs/, and the docs/*.md that code and messages point to, exist."""
+    missing = []
+    for page in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not re.match(r"[a-z]+://", target) and not (page.parent / target).exists():
+                missing.append(f"{page.name} -> {target}")
+    for source in [*(ROOT / "tfdp").rglob("*.py"), *(ROOT / "recipes").rglob("*.py")]:
+        for target in re.findall(r"docs/[\w.-]+\.md", source.read_text()):
+            if not (ROOT / target).exists():
+                missing.append(f"{source.relative_to(ROOT)} -> {target}")
+    assert not missing, missing
+
+
+def test_the_repair_table_lists_every_repair():
+    from tfdp import keras_fixes
+
+    table = (ROOT / "docs" / "model_fit.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert sorted(rows) == sorted(keras_fixes.NAMES)

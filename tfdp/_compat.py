@@ -205,6 +205,13 @@ def first_replica_spec(spec):
     return values[0] if values else spec
 
 
+def bind_optimizer(optimizer, strategy) -> None:
+    """Binds a Keras optimizer to `strategy` (Keras binds it to the strategy in scope when it is
+    CREATED, as `TFOptimizer._distribution_strategy`; one made outside fails on its first update)."""
+    _attribute(optimizer, "_distribution_strategy", "TFOptimizer")
+    optimizer._distribution_strategy = strategy
+
+
 def clip_by_global_norm(grads, clip_norm):
     """Keras's own global-norm clipping (what `global_clipnorm` does): it densifies IndexedSlices."""
     return _attribute(_import(_BASE_OPTIMIZER_MODULE), "clip_by_global_norm", _BASE_OPTIMIZER_MODULE)(

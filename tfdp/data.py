@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tfdp import _compat, roles
 from tfdp._requirements import import_tensorflow
-from tfdp.errors import ConfigError, check_choice
+from tfdp.errors import ConfigError, check_choice, check_whole
 
 tf = import_tensorflow()
 
@@ -32,18 +32,13 @@ _warned: set[str] = set()
 DatasetOrFn = tf.data.Dataset | Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
 
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}={value!r}: must be a whole number >= 1.")
-
-
 def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> int:
     """The batch each replica computes on, from the global batch.
 
     Raises:
         ConfigError: when the global batch does not divide by the replicas.
     """
-    _check_positive("global_batch_size", global_batch_size)
+    check_whole("global_batch_size", global_batch_size)
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         lower = global_batch_size // replicas * replicas
@@ -55,7 +50,7 @@ def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strat
 
 def global_batch_size(per_replica_batch_size: int, strategy: tf.distribute.Strategy) -> int:
     """The global batch that gives each replica `per_replica_batch_size` examples."""
-    _check_positive("per_replica_batch_size", per_replica_batch_size)
+    check_whole("per_replica_batch_size", per_replica_batch_size)
     return per_replica_batch_size * strategy.num_replicas_in_sync
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Iterable
 
 
@@ -25,3 +26,19 @@ def check_choice(field: str, value: object, choices: Iterable[str]) -> str:
         f"{field}: {value!r} is not one of {', '.join(map(repr, choices))}."
         f"{did_you_mean(value, choices)}"
     )
+
+
+def check_whole(field: str, value: object, *, call: str | None = None, minimum: int = 1,
+                allow_none: bool = False, meaning: str = "") -> int | None:
+    """Returns `value` as an int >= minimum (or None when allowed), else raises ConfigError.
+
+    The message names `call(field=value)` (or `field=value` without a call) and the rule,
+    followed by `meaning` when given (what the number counts, what None means).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        where = f"{call}({field}={value!r})" if call else f"{field}={value!r}"
+        rule = f"must be a whole number >= {minimum}{', or None' if allow_none else ''}"
+        raise ConfigError(f"{where}: {rule}{f' ({meaning})' if meaning else ''}.")
+    return int(value)

@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tfdp-launch",
         description="Run N TensorFlow worker processes on this machine, each with its TF_CONFIG.",
         epilog="Every option can also be set by an environment variable (TFDP_NUM_WORKERS, "
-               "TFDP_MAX_RESTARTS, TFDP_LOG_DIR, TFDP_TIMEOUT, TFDP_GRACE_PERIOD, TFDP_PORT, "
+               "TFDP_NUM_PS, TFDP_MAX_RESTARTS, TFDP_LOG_DIR, TFDP_TIMEOUT, TFDP_GRACE_PERIOD, TFDP_PORT, "
                "TFDP_THREADS_PER_WORKER, TFDP_PIN, TFDP_GPUS_PER_WORKER, TFDP_NETWORK, TFDP_CONSOLE). Each "
                "worker also gets TFDP_JOB_ID, one id per job kept across restarts (set it to choose it).")
     parser.add_argument("--num_workers", type=int, default=_env_default("TFDP_NUM_WORKERS", None, int),

@@ -22,7 +22,7 @@ from tfdp.strategy_names import COMMUNICATIONS, STRATEGY_NAMES
 from tfdp import cluster as cluster_lib
 from tfdp.roles import is_chief, num_workers
 from tfdp._requirements import import_tensorflow
-from tfdp.errors import ConfigError, check_choice
+from tfdp.errors import ConfigError, check_choice, check_whole
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -54,11 +54,8 @@ def _check_arguments(name: str, num_cpu_replicas: int | None, devices: Sequence[
                      startup_timeout_seconds: float | None, variable_shards: int | None) -> None:
     check_choice("create_strategy(name)", name, STRATEGY_NAMES)
     check_choice("create_strategy(communication)", communication, COMMUNICATIONS)
-    if num_cpu_replicas is not None and (
-            isinstance(num_cpu_replicas, bool) or not isinstance(num_cpu_replicas, int)
-            or num_cpu_replicas < 1):
-        raise ConfigError(f"create_strategy(num_cpu_replicas={num_cpu_replicas!r}): must be a whole "
-                          "number >= 1 (or None to use the devices as they are).")
+    check_whole("num_cpu_replicas", num_cpu_replicas, call="create_strategy", allow_none=True,
+                meaning="None uses the devices as they are")
     if devices is not None and (isinstance(devices, str) or not devices
                                 or not all(isinstance(d, str) for d in devices)):
         raise ConfigError(f"create_strategy(devices={devices!r}): must be a non-empty list of device "
@@ -68,9 +65,7 @@ def _check_arguments(name: str, num_cpu_replicas: int | None, devices: Sequence[
                           "(num_cpu_replicas=N already means devices /cpu:0 ... /cpu:N-1).")
     _check_seconds("timeout_seconds", timeout_seconds)
     _check_seconds("startup_timeout_seconds", startup_timeout_seconds)
-    if variable_shards is not None and (isinstance(variable_shards, bool) or not isinstance(variable_shards, int)
-                                        or variable_shards < 1):
-        raise ConfigError(f"create_strategy(variable_shards={variable_shards!r}): a whole number >= 1, or None.")
+    check_whole("variable_shards", variable_shards, call="create_strategy", allow_none=True)
     if variable_shards is not None and name not in ("auto", "parameter_server"):
         raise ConfigError(f'create_strategy("{name}", variable_shards={variable_shards}): variables are sharded '
                           'over ps tasks, so only "parameter_server" takes it.')

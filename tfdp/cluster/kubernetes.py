@@ -3,7 +3,7 @@
 Kubernetes gives each pod of an Indexed Job its index (JOB_COMPLETION_INDEX) and,
 with a headless Service named in the pod's `subdomain`, a stable DNS name
 `<job>-<index>.<service>[.<namespace>]`. The manifest tells tfdp the rest through
-these variables (see docs/kubernetes.md for a complete manifest):
+these variables (see docs/clusters.md for a complete manifest):
 
     TFDP_K8S_WORKERS    how many pods train (the Job's completions and parallelism)
     TFDP_K8S_JOB        the Job's name, the prefix of its pods' host names
@@ -36,7 +36,7 @@ def _need(env: Mapping[str, str], name: str, what: str) -> str:
     value = env.get(name, "").strip()
     if not value:
         raise ConfigError(f"{name} is not set: {what}. Fix: set it in the pod template's env "
-                          "(docs/kubernetes.md has a complete manifest).")
+                          "(docs/clusters.md has a complete manifest).")
     return value
 
 
@@ -45,7 +45,7 @@ def _number(env: Mapping[str, str], name: str, what: str, *, low: int, high: int
     if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise ConfigError(f"{name}={value!r}: {what} must be a whole number {bound}. Fix: correct the "
-                          "pod template's env (docs/kubernetes.md has a complete manifest).")
+                          "pod template's env (docs/clusters.md has a complete manifest).")
     return int(value)
 
 
@@ -66,7 +66,7 @@ def cluster_from_kubernetes(env: Mapping[str, str], *, port: int | None = None) 
     for name, value in names.items():
         if not _LABEL.fullmatch(value):
             raise ConfigError(f"{name}={value!r} is not a Kubernetes name (lower-case letters, digits and '-'). "
-                              "Fix: use the object's metadata.name (docs/kubernetes.md has a complete manifest).")
+                              "Fix: use the object's metadata.name (docs/clusters.md has a complete manifest).")
     if port is None:
         port = _number(env, "TFDP_K8S_PORT", "the port every pod listens on", low=1024, high=65535) \
             if env.get("TFDP_K8S_PORT", "").strip() else DEFAULT_PORT

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tfdp.errors import ConfigError
+from tfdp.errors import ConfigError, check_whole
 
 BUILTIN_MODEL, BUILTIN_DATA = "tfdp.doctor.builtin:model", "tfdp.doctor.builtin:data"
 DEFAULT_TOLERANCE = 1e-5
@@ -96,8 +96,7 @@ def _spec(value: str | Callable[[], Any], field: str) -> str:
 
 def _check(replicas: int, steps: int, global_batch_size: int, tolerance: float) -> None:
     for field, value in (("replicas", replicas), ("steps", steps), ("global_batch_size", global_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"tfdp doctor {field}={value!r}: must be a whole number >= 1")
+        check_whole(field, value, call="tfdp.doctor.compare")
     if replicas < 2:
         raise ConfigError(f"tfdp doctor replicas={replicas}: comparing needs at least 2 replicas")
     if global_batch_size < replicas:

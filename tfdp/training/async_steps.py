@@ -29,7 +29,7 @@ import tensorflow as tf
 from tfdp import _compat
 from tfdp._cross_replica import merge_calls_run_directly
 from tfdp import gradients
-from tfdp.errors import ConfigError
+from tfdp.errors import ConfigError, check_whole
 from tfdp.training import losses
 
 NO_LIMIT = -1  # max_staleness=None: every update is applied, its staleness still measured
@@ -43,10 +43,8 @@ def is_parameter_server(strategy) -> bool:
 def check_options(*, max_staleness, mixed_precision, grad_accum_steps, local_steps, all_reduce_dtype,
                   compute_loss, save_every_steps) -> None:
     """What the asynchronous loop does not do, as ConfigErrors naming the option."""
-    if max_staleness is not None and (isinstance(max_staleness, bool) or not isinstance(max_staleness, int)
-                                      or max_staleness < 0):
-        raise ConfigError(f"Trainer(max_staleness={max_staleness!r}): a whole number >= 0 (the updates another "
-                          "step may have begun since this one read the weights), or None for no bound.")
+    check_whole("max_staleness", max_staleness, call="Trainer", minimum=0, allow_none=True,
+                meaning="the updates another step may have begun since this one read the weights; None: no bound")
     unsupported = {"mixed_precision=\"mixed_float16\"": mixed_precision == "mixed_float16",
                    f"grad_accum_steps={grad_accum_steps}": grad_accum_steps != 1,
                    f"local_steps={local_steps}": local_steps != 1,

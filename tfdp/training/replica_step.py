@@ -12,7 +12,7 @@ apply once (the optimizer's `iterations` counts applied updates only).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf

@@ -15,7 +15,7 @@ import numpy as np
 from tfdp import _compat, preemption
 from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
-from tfdp.errors import ConfigError, check_choice
+from tfdp.errors import ConfigError, check_choice, check_whole
 from tfdp.roles import is_chief, num_workers
 from tfdp.training import async_runner, async_steps, class_weights, loops, losses, precision
 from tfdp.training.all_reduce import ALL_REDUCE_DTYPES
@@ -27,16 +27,6 @@ from tfdp.training.sync_runner import SyncRunner
 
 tf = import_tensorflow()
 logger = logging.getLogger("tfdp")
-
-
-def _whole(call: str, field: str, value, *, minimum: int = 1, allow_none: bool = False) -> int | None:
-    """`value` as an int >= minimum, else a ConfigError naming `call(field=value)`."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{call}({field}={value!r}): must be a whole number >= {minimum}"
-                          f"{', or None' if allow_none else ''}.")
-    return int(value)
 
 
 def _check_optimizer(optimizer) -> None:
@@ -132,11 +122,11 @@ class Trainer:
                  summary_every_steps: int | None = None, max_staleness: int | None = None):
         precision.check_model_matches(model, mixed_precision)
         self.model, self.strategy = model, strategy
-        self.grad_accum_steps = _whole("Trainer", "grad_accum_steps", grad_accum_steps)
-        self.steps_per_loop = _whole("Trainer", "steps_per_loop", steps_per_loop)
-        _whole("Trainer", "max_checkpoints", max_checkpoints)
-        self.save_every_steps = _whole("Trainer", "save_every_steps", save_every_steps, allow_none=True)
-        self.summary_every_steps = _whole("Trainer", "summary_every_steps", summary_every_steps, allow_none=True)
+        self.grad_accum_steps = check_whole("grad_accum_steps", grad_accum_steps, call="Trainer")
+        self.steps_per_loop = check_whole("steps_per_loop", steps_per_loop, call="Trainer")
+        check_whole("max_checkpoints", max_checkpoints, call="Trainer")
+        self.save_every_steps = check_whole("save_every_steps", save_every_steps, call="Trainer", allow_none=True)
+        self.summary_every_steps = check_whole("summary_every_steps", summary_every_steps, call="Trainer", allow_none=True)
         self._last_summary_step = 0
         if self.save_every_steps and not model_dir:
             raise ConfigError(f"Trainer(save_every_steps={save_every_steps}): checkpoints need a place. "
@@ -145,7 +135,7 @@ class Trainer:
                                                  and clip_global_norm > 0):
             raise ConfigError(f"Trainer(clip_global_norm={clip_global_norm!r}): must be > 0, or None.")
         self.all_reduce_dtype = check_choice("Trainer(all_reduce_dtype)", all_reduce_dtype, ALL_REDUCE_DTYPES)
-        self.local_steps = _whole("Trainer", "local_steps", local_steps)
+        self.local_steps = check_whole("local_steps", local_steps, call="Trainer")
         _check_local_steps(self.local_steps, outer_optimizer=outer_optimizer, strategy=strategy,
                            mixed_precision=mixed_precision, all_reduce_dtype=self.all_reduce_dtype,
                            save_every_steps=self.save_every_steps)
@@ -165,9 +155,7 @@ class Trainer:
         with strategy.scope():
             self.optimizer = keras.optimizers.get(optimizer)
             _check_optimizer(self.optimizer)
-            # Keras binds an optimizer to the strategy in scope when it is CREATED; one made
-            # outside the scope fails on its first update. Bind it to this strategy.
-            self.optimizer._distribution_strategy = strategy
+            _compat.bind_optimizer(self.optimizer, strategy)  # it may have been made outside the scope
             self.optimizer.build(model.trainable_variables)
             self.loss_tracker = keras.metrics.Mean(name="loss")
             self.loss_scale = precision.DynamicLossScale() if mixed_precision == "mixed_float16" else None
@@ -180,7 +168,7 @@ class Trainer:
                 if outer_optimizer is not None:
                     outer = keras.optimizers.get(outer_optimizer)
                     _check_optimizer(outer)
-                    outer._distribution_strategy = strategy  # as the inner one, above
+                    _compat.bind_optimizer(outer, strategy)
                 self.local = LocalSteps(model=model, optimizer=self.optimizer, local_steps=self.local_steps,
                                         outer_optimizer=outer)
         self.step = ReplicaStep(model=model, optimizer=self.optimizer, strategy=strategy,
@@ -284,11 +272,11 @@ class Trainer:
         Returns:
             The keras.callbacks.History of this fit.
         """
-        _whole("fit", "epochs", epochs, minimum=0)
-        _whole("fit", "initial_epoch", initial_epoch, minimum=0)
-        _whole("fit", "steps_per_epoch", steps_per_epoch, allow_none=True)
+        check_whole("epochs", epochs, call="fit", minimum=0)
+        check_whole("initial_epoch", initial_epoch, call="fit", minimum=0)
+        check_whole("steps_per_epoch", steps_per_epoch, call="fit", allow_none=True)
         if isinstance(validation_freq, numbers.Integral):
-            _whole("fit", "validation_freq", validation_freq)
+            check_whole("validation_freq", validation_freq, call="fit")
         verbose = _verbosity(verbose)
         class_weight = class_weights.check(class_weight)
         if class_weight is not None:
@@ -432,7 +420,7 @@ class Trainer:
 
     def evaluate(self, data, *, steps: int | None = None, verbose="auto", callbacks: Sequence = ()) -> dict:
         """Loss (+ model.losses) and metrics over `data`, aggregated across replicas and workers."""
-        _whole("evaluate", "steps", steps, allow_none=True)
+        check_whole("steps", steps, call="evaluate", allow_none=True)
         if self.async_steps is not None:
             return async_runner.evaluate(self, data, steps=steps)
         distributed = self._distribute(data, "evaluate")
@@ -460,7 +448,7 @@ class Trainer:
 
     def predict(self, data, *, steps: int | None = None, verbose="auto"):
         """The model's outputs for every example of `data` (global batches), in order, as model.predict."""
-        _whole("predict", "steps", steps, allow_none=True)
+        check_whole("steps", steps, call="predict", allow_none=True)
         if self.async_steps is not None:
             return async_runner.predict(self, data, steps=steps)
         if not isinstance(data, tf.data.Dataset):
