@@ -131,6 +131,11 @@ OPTIMIZERS = {
 }
 
 
+def _optimizer(optimizer):
+    """A new optimizer: by its name in OPTIMIZERS, or from a factory."""
+    return optimizer() if callable(optimizer) else OPTIMIZERS[optimizer]()
+
+
 def data(name: str):
     return FAMILIES[name].data(np.random.default_rng(3))
 
@@ -140,18 +145,18 @@ def dataset(name: str, *, batch: int = GLOBAL_BATCH) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(data(name)).batch(batch)
 
 
-def build(name: str, strategy=None, *, optimizer: str = "sgd", **compile_kwargs) -> keras.Model:
+def build(name: str, strategy=None, *, optimizer="sgd", **compile_kwargs) -> keras.Model:
     """The family's model, seeded, built (and compiled as a user would) in `strategy`'s scope."""
     family = FAMILIES[name]
     keras.utils.set_random_seed(7)
     with (strategy or tf.distribute.get_strategy()).scope():
         model = family.model()
-        model.compile(optimizer=OPTIMIZERS[optimizer](), loss=family.loss(), loss_weights=family.loss_weights,
+        model.compile(optimizer=_optimizer(optimizer), loss=family.loss(), loss_weights=family.loss_weights,
                       **compile_kwargs)
     return model
 
 
-def fit(name: str, strategy=None, *, optimizer: str = "sgd", epochs: int = 2, batch: int = GLOBAL_BATCH,
+def fit(name: str, strategy=None, *, optimizer="sgd", epochs: int = 2, batch: int = GLOBAL_BATCH,
         **compile_kwargs) -> list[np.ndarray]:
     """model.fit of the family; returns the weights."""
     model = build(name, strategy, optimizer=optimizer, **compile_kwargs)
@@ -159,7 +164,7 @@ def fit(name: str, strategy=None, *, optimizer: str = "sgd", epochs: int = 2, ba
     return model.get_weights()
 
 
-def trainer_fit(name: str, strategy, *, optimizer: str = "sgd", epochs: int = 2, batch: int = GLOBAL_BATCH,
+def trainer_fit(name: str, strategy, *, optimizer="sgd", epochs: int = 2, batch: int = GLOBAL_BATCH,
                 **options) -> list[np.ndarray]:
     """tfdp.Trainer.fit of the family (the loss as compile takes it); returns the weights."""
     import tfdp
@@ -168,7 +173,7 @@ def trainer_fit(name: str, strategy, *, optimizer: str = "sgd", epochs: int = 2,
     keras.utils.set_random_seed(7)
     with strategy.scope():
         model = family.model()
-    trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS[optimizer](), loss=family.loss(),
+    trainer = tfdp.Trainer(model, optimizer=_optimizer(optimizer), loss=family.loss(),
                            loss_weights=family.loss_weights, strategy=strategy, **options)
     trainer.fit(dataset(name, batch=batch), epochs=epochs, verbose=0)
     return model.get_weights()
