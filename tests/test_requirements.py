@@ -7,8 +7,16 @@ import tfdp
 from tfdp._requirements import VERIFIED_KERAS, check_versions
 
 
-def test_current_versions_pass():
-    check_versions("2.21.0", "3.15.1", "tensorflow")
+def test_the_installed_versions_pass_and_the_pins_agree_with_the_verified_range():
+    import keras
+    import tensorflow as tf
+
+    from tests.workers import ROOT
+
+    check_versions(tf.__version__, keras.__version__, keras.backend.backend())  # what this venv has
+    assert f"keras>={VERIFIED_KERAS[0]}," in (ROOT / "setup.cfg").read_text()  # the oldest verified, required
+    nightly = (ROOT / ".ci" / "keras-nightly.txt").read_text().strip()
+    assert nightly == f"keras-nightly=={VERIFIED_KERAS[1]}"  # the newest verified, run by CI's nightly lane
 
 
 def test_a_too_old_tensorflow_says_what_to_install():
