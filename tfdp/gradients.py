@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfdp import _compat
+
 
 def is_sparse(g) -> bool:
     return isinstance(g, tf.IndexedSlices)
@@ -62,6 +64,4 @@ def clip_by_global_norm(grads, clip_norm):
     densifies it (`IndexedSlices * tensor` is a dense multiply), so an adaptive optimizer
     then squares the summed rows: tfdp must do the same, not keep the slices.
     """
-    from tfdp import _compat
-
     return tf.autograph.experimental.do_not_convert(_compat.clip_by_global_norm)(grads, clip_norm)

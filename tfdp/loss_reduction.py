@@ -14,7 +14,8 @@ one device as soon as replicas hold different counts (an uneven last batch, or s
 with different numbers of valid tokens). tfdp divides by the COUNT summed over all
 replicas and workers: the repaired `model.fit` (`keras_fixes/partial_batch.py`) and
 `tfdp.Trainer` (`training/losses.py`) both build on `sum_and_count` here, which follows
-`keras.src.losses.loss.reduce_weighted_values` (Keras 3.15.1) term by term.
+Keras's `reduce_weighted_values` (Keras 3.15.1) term by term. The Keras internals it uses
+(rank matching, the Keras mask of a tensor) come through `tfdp/_compat.py`.
 """
 
 from __future__ import annotations

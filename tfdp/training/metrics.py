@@ -21,6 +21,15 @@ from tfdp.training.losses import output_names
 tf = import_tensorflow()
 
 
+def data_specs(model: keras.Model, element_spec):
+    """(the data's (x, y, sample_weight) specs per replica, the targets and the model's outputs as KerasTensors)."""
+    specs = tf.nest.map_structure(_compat.first_replica_spec, element_spec)
+    x_spec, y_spec, _ = keras.utils.unpack_x_y_sample_weight(specs)
+    as_tensor = lambda s: keras.KerasTensor(s.shape, dtype=s.dtype.name)  # noqa: E731
+    y_pred = model.compute_output_spec(tf.nest.map_structure(as_tensor, x_spec))
+    return specs, tf.nest.map_structure(as_tensor, y_spec), y_pred
+
+
 class TrainerMetrics:
     """Metrics of one Trainer; built from the first data it sees (or from the model's outputs alone).
 
@@ -46,26 +55,13 @@ class TrainerMetrics:
     def built(self) -> bool:
         return self.compiled is not None or not self.identifiers
 
-    def output_spec(self, element_spec):
-        """The model's outputs (KerasTensors) for the data's x, and the data's specs per replica."""
-        specs = tf.nest.map_structure(_compat.first_replica_spec, element_spec)
-        x_spec, _, _ = keras.utils.unpack_x_y_sample_weight(specs)
-        as_tensor = lambda s: keras.KerasTensor(s.shape, dtype=s.dtype.name)  # noqa: E731
-        return self.model.compute_output_spec(tf.nest.map_structure(as_tensor, x_spec)), specs
-
-    def build(self, element_spec=None) -> None:
-        """Resolves names from the data's (x, y) specs; without them, targets shaped as the outputs."""
+    def build(self, y_true=None, y_pred=None) -> None:
+        """Resolves names from the targets' and the outputs' specs (`data_specs`); without them,
+        targets shaped as the outputs."""
         if self.built:
             return
-        as_tensor = lambda s: keras.KerasTensor(s.shape, dtype=s.dtype.name)  # noqa: E731
-        if element_spec is not None:
-            specs = tf.nest.map_structure(_compat.first_replica_spec, element_spec)
-            x_spec, y_spec, _ = keras.utils.unpack_x_y_sample_weight(specs)
-            y_pred = self.model.compute_output_spec(tf.nest.map_structure(as_tensor, x_spec))
-            y_true = tf.nest.map_structure(as_tensor, y_spec)
-        else:
-            y_pred = self.model.compute_output_spec(self.model.inputs)
-            y_true = y_pred
+        if y_pred is None:
+            y_pred = y_true = self.model.compute_output_spec(self.model.inputs)
         with self.strategy.scope():
             compiled = _compat.compile_metrics_class()(self.identifiers, None,
                                                        output_names=output_names(self.model) or None)

@@ -53,7 +53,6 @@ class ReplicaStep:
         # Only a float16 loss scale or a compressed all-reduce can make a step non-finite
         # that float32 would not; Keras applies a non-finite float32 step, and so do we.
         self.checks_finite = loss_scale is not None or all_reduce_dtype != "float32"
-        self.divided: list[bool] = []  # per term (set when traced): whether it has a COUNT
 
     # -- replica context ---------------------------------------------------------------
 
@@ -84,40 +83,38 @@ class ReplicaStep:
         self.metrics.update_state(y, y_pred, sample_weight=sample_weight)
         return tf.no_op()
 
-    def _scalars(self, terms: dict, n) -> tf.Tensor:
-        """[SUM per term, COUNT per divided term, examples]: what the all-reduce carries."""
+    @staticmethod
+    def _scalars(terms: dict, n) -> tf.Tensor:
+        """[SUM per term, COUNT per term (0 for "sum"), examples]: what the all-reduce carries."""
         sums = [s for s, _ in terms.values()]
-        counts = [c for _, c in terms.values() if c is not None]
+        counts = [tf.zeros([]) if c is None else c for _, c in terms.values()]
         return tf.stack([*sums, *counts, n])
 
-    def _counts_at(self, terms: int) -> list[int | None]:
-        """Per term, where its COUNT is in the scalars (they follow the `terms` sums); None: undivided."""
-        at, i = [], terms
-        for divided in self.divided:
-            at.append(i if divided else None)
-            i += 1 if divided else 0
-        return at
+    @staticmethod
+    def _counts_at(keys) -> list[int | None]:
+        """Per term (sorted keys), where its COUNT is in the scalars; None: a "sum" term, never divided."""
+        keys = list(keys)
+        return [None if key == losses.SUM else len(keys) + k for k, key in enumerate(keys)]
 
     def micro_step(self, batch, accumulated=None):
-        """Forward and backward on this replica's batch; adds to `accumulated` (gradients per term, scalars)."""
+        """Forward and backward on this replica's batch; adds to `accumulated` ({term: gradients}, scalars)."""
         variables = self.model.trainable_variables
         with tf.GradientTape(persistent=True) as tape:
             terms, n, flag = self._terms(batch, training=True)
-            scaled = [(s, self._loss_multiplier(n if c is None else c)) for s, c in terms.values()]
-            scaled = [(s if m is None else s * m, m) for s, m in scaled]
-        self.divided = [c is not None for _, c in terms.values()]
-        grads_by_term = []
-        for value, multiplier in scaled:
+            scaled = {k: (s, self._loss_multiplier(n if c is None else c)) for k, (s, c) in terms.items()}
+            scaled = {k: (s if m is None else s * m, m) for k, (s, m) in scaled.items()}
+        grads_by_term = {}
+        for key, (value, multiplier) in scaled.items():
             grads = [only_if_real(gradients.as_gradient(g, v), flag)
                      for g, v in zip(tape.gradient(value, variables), variables)]
             if multiplier is not None:
                 grads = [gradients.scale(gradients.cast(g, tf.float32), 1.0 / multiplier) for g in grads]
-            grads_by_term.append(grads)
+            grads_by_term[key] = grads
         del tape
         scalars = self._scalars(terms, n)
         if accumulated is not None:
-            grads_by_term = [[gradients.add(a, g) for a, g in zip(old, new)]
-                             for old, new in zip(accumulated[0], grads_by_term)]
+            grads_by_term = {k: [gradients.add(a, g) for a, g in zip(accumulated[0][k], new)]
+                             for k, new in grads_by_term.items()}
             scalars = accumulated[1] + scalars
         return grads_by_term, scalars
 
@@ -138,12 +135,11 @@ class ReplicaStep:
             multiplier = factor if multiplier is None else multiplier * factor
         return None if multiplier is None else tf.cast(multiplier, tf.float32)
 
-    def _track(self, scalars: tf.Tensor, examples: tf.Tensor) -> None:
+    def _track(self, keys, scalars: tf.Tensor, examples: tf.Tensor) -> None:
         """The step's loss as one device computes it, weighted by this replica's examples."""
-        terms = len(self.divided)
-        at = self._counts_at(terms)
-        total = tf.add_n([scalars[k] if at[k] is None else tf.math.divide_no_nan(scalars[k], scalars[at[k]])
-                          for k in range(terms)])
+        at = self._counts_at(keys)
+        total = tf.add_n([scalars[k] if i is None else tf.math.divide_no_nan(scalars[k], scalars[i])
+                          for k, i in enumerate(at)])
         self.loss_tracker.update_state(total, sample_weight=examples)
 
     def apply_step(self, accumulated) -> None:
@@ -153,16 +149,16 @@ class ReplicaStep:
             self._apply_step_locally(grads_by_term, scalars)
             return
         grads, reduced = all_reduce.mean_gradients(
-            grads_by_term, scalars, self._counts_at(len(grads_by_term)),
+            list(grads_by_term.values()), scalars, self._counts_at(grads_by_term),
             replicas=self.strategy.num_replicas_in_sync, dtype=self.all_reduce_dtype)
-        self._track(reduced, scalars[-1])
+        self._track(grads_by_term, reduced, scalars[-1])
         finite = gradients.all_finite(grads) if self.checks_finite else None
         tf.distribute.get_replica_context().merge_call(self._apply_once, args=(grads, finite))
 
     def _apply_step_locally(self, grads_by_term, scalars) -> None:
         """Local steps: this replica's own mean gradient, clipped, applied to its own copies."""
-        self._track(scalars, scalars[-1])
-        grads, _ = all_reduce.mean_gradients(grads_by_term, scalars, self._counts_at(len(grads_by_term)),
+        self._track(grads_by_term, scalars, scalars[-1])
+        grads, _ = all_reduce.mean_gradients(list(grads_by_term.values()), scalars, self._counts_at(grads_by_term),
                                              replicas=1)
         if self.clip_global_norm:
             grads = gradients.clip_by_global_norm(grads, self.clip_global_norm)
@@ -174,12 +170,9 @@ class ReplicaStep:
 
     def eval_step(self, batch) -> None:
         terms, n, _ = self._terms(batch, training=False)
-        self.divided = [c is not None for _, c in terms.values()]
         scalars = self._scalars(terms, n)
-        reduced = scalars
-        if self.strategy.num_replicas_in_sync > 1:
-            reduced = all_reduce.sum_packed(scalars)
-        self._track(reduced, n)
+        reduced = all_reduce.sum_packed(scalars) if self.strategy.num_replicas_in_sync > 1 else scalars
+        self._track(terms, reduced, n)
 
     def predict_step(self, batch):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)

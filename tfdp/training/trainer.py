@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import logging
 import numbers
-import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -16,36 +15,17 @@ from tfdp import _compat, preemption
 from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice, check_whole
-from tfdp.roles import is_chief, num_workers
-from tfdp.training import async_runner, async_steps, class_weights, loops, losses, precision
+from tfdp.roles import is_chief
+from tfdp.training import async_runner, async_steps, class_weights, loops, losses, options, precision
 from tfdp.training.all_reduce import ALL_REDUCE_DTYPES
 from tfdp.training.local_steps import LocalSteps
 from tfdp.training.model_dir import ModelDir, Position
-from tfdp.training.metrics import TrainerMetrics
+from tfdp.training.metrics import TrainerMetrics, data_specs
 from tfdp.training.replica_step import ReplicaStep
 from tfdp.training.sync_runner import SyncRunner
 
 tf = import_tensorflow()
 logger = logging.getLogger("tfdp")
-
-
-def _check_optimizer(optimizer) -> None:
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ConfigError('Trainer(optimizer=LossScaleOptimizer(...)): the Trainer scales the loss itself. '
-                          'Fix: pass the inner optimizer and mixed_precision="mixed_float16".')
-    if optimizer.gradient_accumulation_steps:
-        raise ConfigError(f"Trainer(optimizer=...(gradient_accumulation_steps="
-                          f"{optimizer.gradient_accumulation_steps})): the Trainer accumulates with one "
-                          "all-reduce per update. Fix: pass "
-                          f"grad_accum_steps={optimizer.gradient_accumulation_steps} to the Trainer instead.")
-
-
-def _verbosity(verbose) -> int:
-    if verbose == "auto":
-        return 1 if sys.stdout.isatty() else 2
-    if verbose in (0, 1, 2) and not isinstance(verbose, bool):
-        return int(verbose)
-    raise ConfigError(f'verbose={verbose!r}: use "auto", 0 (silent), 1 (progress bar) or 2 (one line per epoch).')
 
 
 class Trainer:
@@ -136,7 +116,7 @@ class Trainer:
             raise ConfigError(f"Trainer(clip_global_norm={clip_global_norm!r}): must be > 0, or None.")
         self.all_reduce_dtype = check_choice("Trainer(all_reduce_dtype)", all_reduce_dtype, ALL_REDUCE_DTYPES)
         self.local_steps = check_whole("local_steps", local_steps, call="Trainer")
-        _check_local_steps(self.local_steps, outer_optimizer=outer_optimizer, strategy=strategy,
+        options.check_local_steps(self.local_steps, outer_optimizer=outer_optimizer, strategy=strategy,
                            mixed_precision=mixed_precision, all_reduce_dtype=self.all_reduce_dtype,
                            save_every_steps=self.save_every_steps)
         losses.check(loss, compute_loss, loss_weights)
@@ -152,9 +132,10 @@ class Trainer:
         else:
             async_steps.check_not_synchronous(max_staleness)
         self.metrics = TrainerMetrics(metrics, model=model, strategy=strategy)
+        self._checked_spec = None  # the element_spec of the last data checked against the outputs
         with strategy.scope():
             self.optimizer = keras.optimizers.get(optimizer)
-            _check_optimizer(self.optimizer)
+            options.check_optimizer(self.optimizer)
             _compat.bind_optimizer(self.optimizer, strategy)  # it may have been made outside the scope
             self.optimizer.build(model.trainable_variables)
             self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -167,7 +148,7 @@ class Trainer:
                 outer = None
                 if outer_optimizer is not None:
                     outer = keras.optimizers.get(outer_optimizer)
-                    _check_optimizer(outer)
+                    options.check_optimizer(outer)
                     _compat.bind_optimizer(outer, strategy)
                 self.local = LocalSteps(model=model, optimizer=self.optimizer, local_steps=self.local_steps,
                                         outer_optimizer=outer)
@@ -213,10 +194,16 @@ class Trainer:
                           "or a DistributedDataset from tfdp.data.distribute.")
 
     def _resolve_metrics(self, data) -> None:
-        """Metric names become metrics as model.compile makes them, from the data's shapes."""
-        self.metrics.build(data.element_spec)
+        """Metric names become metrics as model.compile makes them, from the data's shapes; the
+        targets are checked against the outputs (once per kind of data: validation comes back)."""
+        if (self.metrics.built and self.compiled_loss is None) or \
+                (self._checked_spec is not None and self._checked_spec == data.element_spec):
+            return  # nothing to resolve or check (compute_loss data need not be (x, y)), or done
+        specs, y_true, y_pred = data_specs(self.model, data.element_spec)
+        self.metrics.build(y_true, y_pred)
         if self.compiled_loss is not None:
-            self.compiled_loss.check_targets(*reversed(self.metrics.output_spec(data.element_spec)))
+            self.compiled_loss.check_targets(specs, y_pred)
+        self._checked_spec = data.element_spec
 
     # -- logs -------------------------------------------------------------------------------
 
@@ -277,7 +264,7 @@ class Trainer:
         check_whole("steps_per_epoch", steps_per_epoch, call="fit", allow_none=True)
         if isinstance(validation_freq, numbers.Integral):
             check_whole("validation_freq", validation_freq, call="fit")
-        verbose = _verbosity(verbose)
+        verbose = options.verbosity(verbose)
         class_weight = class_weights.check(class_weight)
         if class_weight is not None:
             if not isinstance(data, tf.data.Dataset):
@@ -425,7 +412,7 @@ class Trainer:
             return async_runner.evaluate(self, data, steps=steps)
         distributed = self._distribute(data, "evaluate")
         self._resolve_metrics(distributed)
-        verbose = _verbosity(verbose)
+        verbose = options.verbosity(verbose)
         callback_list = keras.callbacks.CallbackList(list(callbacks), add_progbar=verbose != 0, model=self.model,
                                                      verbose=verbose, epochs=1, steps=steps)
         self._reset()
@@ -454,7 +441,7 @@ class Trainer:
         if not isinstance(data, tf.data.Dataset):
             raise ConfigError(f"Trainer.predict(data={type(data).__name__}): give a tf.data.Dataset of GLOBAL "
                               "batches (its order is the order of the outputs).")
-        verbose = _verbosity(verbose)
+        verbose = options.verbosity(verbose)
         progbar = keras.utils.Progbar(steps, verbose=verbose if self._chief else 0)
         outputs = []
         for i, batch in enumerate(self.strategy.experimental_distribute_dataset(data)):
@@ -470,27 +457,6 @@ class Trainer:
         """Removes a non-chief worker's private checkpoint directory."""
         if self.model_dir is not None:
             self.model_dir.close()
-
-
-def _check_local_steps(local_steps: int, *, outer_optimizer, strategy, mixed_precision, all_reduce_dtype,
-                       save_every_steps) -> None:
-    if local_steps == 1:
-        if outer_optimizer is not None:
-            raise ConfigError("Trainer(outer_optimizer=...): the outer optimizer acts on the average of local steps. "
-                              "Fix: give local_steps > 1 too, or drop outer_optimizer.")
-        return
-    replicas_here = strategy.num_replicas_in_sync // num_workers(strategy)
-    if mixed_precision == "mixed_float16" and replicas_here > 1:
-        raise ConfigError(f"Trainer(local_steps={local_steps}, mixed_precision=\"mixed_float16\"): each replica keeps "
-                          f"its own loss scale between averages, which needs one replica per process; this one "
-                          f"has {replicas_here}. Fix: one worker per device (multi_worker), or mixed_bfloat16.")
-    if all_reduce_dtype != "float32":
-        raise ConfigError(f"Trainer(local_steps={local_steps}, all_reduce_dtype={all_reduce_dtype!r}): local steps "
-                          "all-reduce weights, not gradients, and always in float32. Fix: drop all_reduce_dtype.")
-    if save_every_steps and save_every_steps % local_steps:
-        raise ConfigError(f"Trainer(save_every_steps={save_every_steps}, local_steps={local_steps}): a checkpoint "
-                          "must land where every replica holds the average. Fix: a save_every_steps that is a "
-                          "multiple of local_steps.")
 
 
 def _validate_after(epoch: int, validation_freq) -> bool:

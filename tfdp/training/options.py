@@ -1,0 +1,50 @@
+"""What the Trainer's options may be: each wrong one a ConfigError naming it and the fix."""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+
+from tfdp.errors import ConfigError
+from tfdp.roles import num_workers
+
+
+def check_optimizer(optimizer) -> None:
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ConfigError('Trainer(optimizer=LossScaleOptimizer(...)): the Trainer scales the loss itself. '
+                          'Fix: pass the inner optimizer and mixed_precision="mixed_float16".')
+    if optimizer.gradient_accumulation_steps:
+        raise ConfigError(f"Trainer(optimizer=...(gradient_accumulation_steps="
+                          f"{optimizer.gradient_accumulation_steps})): the Trainer accumulates with one "
+                          "all-reduce per update. Fix: pass "
+                          f"grad_accum_steps={optimizer.gradient_accumulation_steps} to the Trainer instead.")
+
+
+def verbosity(verbose) -> int:
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    if verbose in (0, 1, 2) and not isinstance(verbose, bool):
+        return int(verbose)
+    raise ConfigError(f'verbose={verbose!r}: use "auto", 0 (silent), 1 (progress bar) or 2 (one line per epoch).')
+
+
+def check_local_steps(local_steps: int, *, outer_optimizer, strategy, mixed_precision, all_reduce_dtype,
+                       save_every_steps) -> None:
+    if local_steps == 1:
+        if outer_optimizer is not None:
+            raise ConfigError("Trainer(outer_optimizer=...): the outer optimizer acts on the average of local steps. "
+                              "Fix: give local_steps > 1 too, or drop outer_optimizer.")
+        return
+    replicas_here = strategy.num_replicas_in_sync // num_workers(strategy)
+    if mixed_precision == "mixed_float16" and replicas_here > 1:
+        raise ConfigError(f"Trainer(local_steps={local_steps}, mixed_precision=\"mixed_float16\"): each replica keeps "
+                          f"its own loss scale between averages, which needs one replica per process; this one "
+                          f"has {replicas_here}. Fix: one worker per device (multi_worker), or mixed_bfloat16.")
+    if all_reduce_dtype != "float32":
+        raise ConfigError(f"Trainer(local_steps={local_steps}, all_reduce_dtype={all_reduce_dtype!r}): local steps "
+                          "all-reduce weights, not gradients, and always in float32. Fix: drop all_reduce_dtype.")
+    if save_every_steps and save_every_steps % local_steps:
+        raise ConfigError(f"Trainer(save_every_steps={save_every_steps}, local_steps={local_steps}): a checkpoint "
+                          "must land where every replica holds the average. Fix: a save_every_steps that is a "
+                          "multiple of local_steps.")
