@@ -145,7 +145,7 @@ def _launch(name: str) -> dict:
         env.update(TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
         command = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command]
     if placement == "workers2":
-        command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--timeout", "1800", "--", *command]
+        command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--job_timeout", "1800", "--", *command]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
     lines = [line.split("BENCHMARK ", 1)[1] for line in result.stdout.splitlines() if "BENCHMARK " in line]
     reports = [json.loads(line) for line in lines]

@@ -50,3 +50,13 @@ def test_malformed_tf_config_is_reported_not_raised():
     done = _env_command(extra={"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "wrker"}}'})
     assert done.returncode == 0, done.stderr
     assert "ERROR TF_CONFIG task" in done.stdout and "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_malformed_tfdp_default_is_a_usage_error_naming_the_variable(monkeypatch, capsys):
+    from tfdp import cli
+
+    monkeypatch.setenv("TFDP_DOCTOR_REPLICAS", "two")
+    for command in (["env"], ["doctor"]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert "TFDP_DOCTOR_REPLICAS='two' is not a whole number" in err and "Traceback" not in err

@@ -64,7 +64,25 @@ def test_options_come_from_the_environment_too(monkeypatch):
     monkeypatch.setenv("TFDP_NUM_WORKERS", "3")
     monkeypatch.setenv("TFDP_MAX_RESTARTS", "2")
     args = parse_args(["--", "python", "train.py", "--epochs=1"])
-    assert (args.num_workers, args.max_restarts, args.command) == (3, 2, ["python", "train.py", "--epochs=1"])
+    assert (args.num_workers, args.max_restarts, args.command) == (3, 2, ("python", "train.py", "--epochs=1"))
+
+
+def test_the_old_timeout_flag_still_bounds_the_job_with_a_deprecation_warning(monkeypatch, capsys):
+    with pytest.warns(DeprecationWarning, match="--job_timeout"):
+        config = parse_args(["--num_workers", "1", "--timeout", "30", "--", "python"])
+    assert config.job_timeout == 30 and "--timeout is deprecated; use --job_timeout" in capsys.readouterr().err
+    monkeypatch.setenv("TFDP_TIMEOUT", "40")
+    with pytest.warns(DeprecationWarning, match="TFDP_TIMEOUT"):
+        assert parse_args(["--num_workers", "1", "--", "python"]).job_timeout == 40
+    monkeypatch.setenv("TFDP_JOB_TIMEOUT", "50")  # the new name wins, and says nothing
+    assert parse_args(["--num_workers", "1", "--", "python"]).job_timeout == 50
+
+
+def test_the_config_is_frozen_and_lists_the_tasks_in_start_order():
+    config = parse_args(["--num_workers", "2", "--num_ps", "1", "--", "python"])
+    assert config.tasks == [("chief", 0), ("worker", 0), ("worker", 1), ("ps", 0)]
+    with pytest.raises(AttributeError):
+        config.num_workers = 3
 
 
 def test_launcher_imports_no_tensorflow():
@@ -125,9 +143,9 @@ def test_max_restarts_restarts_all_workers_with_the_same_job_id():
 
 
 def test_timeout_stops_the_job():
-    result, seconds = launch(["--num_workers", "2", "--timeout", "2", "--grace_period", "1", "--",
+    result, seconds = launch(["--num_workers", "2", "--job_timeout", "2", "--grace_period", "1", "--",
                               sys.executable, "-c", TOY_WORKER, "ok", "120"], timeout=60)
-    assert result.returncode == 124 and "--timeout 2 s" in result.stderr
+    assert result.returncode == 124 and "--job_timeout 2 s" in result.stderr
     assert seconds < 30
 
 
@@ -236,9 +254,13 @@ def test_a_running_job_listens_on_no_interface_of_the_host(network):
 
 @pytest.mark.parametrize("argv,env,message", [
     (["--num_workers", "2", "--", "no-such-program-xyz"], {}, "worker command 'no-such-program-xyz' not found"),
-    (["--", sys.executable, "-c", "pass"], {"TFDP_NUM_WORKERS": "abc"}, "TFDP_NUM_WORKERS='abc' is not a valid int"),
+    (["--", sys.executable, "-c", "pass"], {"TFDP_NUM_WORKERS": "abc"}, "TFDP_NUM_WORKERS='abc' is not a whole number"),
     (["--num_workers", "2", "--log_dir", __file__, "--", sys.executable], {}, "is a file, not a directory"),
-], ids=["missing program", "bad env", "log_dir is a file"])
+    (["--num_workers", "1", "--", sys.executable], {"TFDP_PIN": "yes"}, "TFDP_PIN='yes' is not one of auto, on, off"),
+    (["--num_workers", "1", "--", sys.executable], {"TFDP_NETWORK": "none"}, "TFDP_NETWORK='none' is not one of"),
+    (["--num_workers", "1", "--", sys.executable], {"TFDP_JOB_TIMEOUT": "nan"}, "TFDP_JOB_TIMEOUT='nan' is not a "
+                                                                                 "finite number"),
+], ids=["missing program", "bad env", "log_dir is a file", "bad env choice", "bad env network", "NaN timeout"])
 def test_launcher_misuse_is_a_usage_error_naming_the_fix(argv, env, message):
     result, _ = launch(argv, timeout=60, env=env)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -80,7 +80,7 @@ def result_of(output: str) -> dict:
 @pytest.mark.parametrize("optimizer, clip", [("adam", None), ("sgd", 0.5)])
 def test_one_worker_with_max_staleness_0_equals_one_device(optimizer, clip):
     options = {"optimizer": optimizer, "max_staleness": 0, "clip": clip, "steps_per_loop": 2}
-    result = launch(["--num_workers", "1", "--num_ps", "1", "--timeout", "200", "--", sys.executable, "-c", CHIEF],
+    result = launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "200", "--", sys.executable, "-c", CHIEF],
                     env={"OPTIONS": json.dumps(options)})
     assert result.returncode == 0, result.stderr[-3000:]
     report = result_of(result.stdout)
@@ -93,7 +93,7 @@ def test_one_worker_with_max_staleness_0_equals_one_device(optimizer, clip):
 
 def test_two_workers_report_staleness_and_drop_what_exceeds_the_bound(tmp_path):
     options = {"optimizer": "sgd", "max_staleness": 1, "steps": 30, "epochs": 1, "model_dir": str(tmp_path)}
-    result = launch(["--num_workers", "2", "--num_ps", "1", "--timeout", "200", "--", sys.executable, "-c", CHIEF],
+    result = launch(["--num_workers", "2", "--num_ps", "1", "--job_timeout", "200", "--", sys.executable, "-c", CHIEF],
                     env={"OPTIONS": json.dumps(options)})
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if "staleness of the applied updates" in line)
@@ -137,7 +137,7 @@ for repaired in (True, False):
     except Exception as e:
         print("REPAIRED" if repaired else "STOCK", type(e).__name__, str(e).replace(chr(10), " ")[:400], flush=True)
 """
-    result = launch(["--num_workers", "1", "--num_ps", "1", "--timeout", "120", "--", sys.executable, "-c", program])
+    result = launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "120", "--", sys.executable, "-c", program])
     assert result.returncode == 0, result.stderr[-3000:]
     repaired = next(line for line in result.stdout.splitlines() if "REPAIRED" in line)
     stock = next(line for line in result.stdout.splitlines() if "STOCK" in line)
@@ -209,7 +209,7 @@ for repaired in (True, False):
     coordinator.join()
     print("REPAIRED" if repaired else "STOCK", int(counter.numpy()), flush=True)
 """
-    result = launch(["--num_workers", "2", "--num_ps", "1", "--timeout", "120", "--", sys.executable, "-c", program])
+    result = launch(["--num_workers", "2", "--num_ps", "1", "--job_timeout", "120", "--", sys.executable, "-c", program])
     assert result.returncode == 0, result.stderr[-3000:]
     counts = dict(line.split("] ", 1)[1].split() for line in result.stdout.splitlines()
                   if "] REPAIRED" in line or "] STOCK" in line)
@@ -254,7 +254,7 @@ def _serving_pid(line: str) -> int:
 
 def test_digits_recipe_with_two_workers_survives_a_killed_worker(tmp_path):
     """The issue's done-when: chief + 2 workers + 1 ps reach >= 0.95 with worker 1 SIGKILLed mid-run."""
-    command = [*LAUNCH, "--num_workers", "2", "--num_ps", "1", "--max_restarts", "1", "--timeout", "240", "--",
+    command = [*LAUNCH, "--num_workers", "2", "--num_ps", "1", "--max_restarts", "1", "--job_timeout", "240", "--",
                sys.executable, "-m", "recipes.image_classification", "--strategy=parameter_server", "--loop=custom",
                "--epochs=14", f"--data_dir={tmp_path / 'data'}", f"--model_dir={tmp_path / 'run'}"]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the deadlines below, then SIGKILL
@@ -324,7 +324,7 @@ try:
 except tfdp.ConfigError as e:
     print("ERROR", e, flush=True)
 """
-    result = launch(["--num_workers", "1", "--num_ps", "2", "--timeout", "120", "--", sys.executable, "-c", program])
+    result = launch(["--num_workers", "1", "--num_ps", "2", "--job_timeout", "120", "--", sys.executable, "-c", program])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[chief] ERROR Trainer: sequential/table/embeddings is sharded over the ps tasks" in result.stdout
     assert "Keras 3 layers cannot use sharded variables" in result.stdout

@@ -44,7 +44,7 @@ def test_default_recipe_on_two_cpu_replicas_reaches_95_percent(tmp_path, loop):
 @pytest.mark.parametrize("loop,extra", [("fit", []), ("custom", []), ("custom", ["--local_steps=8"])],
                          ids=["fit", "custom", "custom-local_steps-8"])
 def test_recipe_under_tfdp_launch_with_two_workers(tmp_path, loop, extra):
-    result = run([sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--timeout", "240", "--",
+    result = run([sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--job_timeout", "240", "--",
                   *RECIPE, "--strategy=multi_worker", f"--data_dir={tmp_path / 'data'}",
                   f"--model_dir={tmp_path / 'run'}", f"--loop={loop}", *extra], timeout=300)  # the real default
     assert result.returncode == 0, result.stderr[-3000:]

@@ -15,11 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tfdp.env_defaults import env_default
 from tfdp.errors import ConfigError
-
-
-def _env_default(name: str, default):
-    return os.environ.get(name) or default
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="a function returning a compiled keras.Model (default: the built-in check)")
     check.add_argument("--data", default=None, metavar="MODULE:FN",
                        help="a function returning an unbatched tf.data.Dataset of (x, y) or arrays (x, y)")
-    check.add_argument("--replicas", type=int, default=int(_env_default("TFDP_DOCTOR_REPLICAS", 2)),
+    check.add_argument("--replicas", type=int, default=env_default("TFDP_DOCTOR_REPLICAS", 2, kind=int),
                        help="CPU replicas of the second run (default 2)")
     check.add_argument("--steps", type=int, default=5, help="optimizer steps on each side (default 5)")
     check.add_argument("--global_batch_size", type=int, default=None,
@@ -87,7 +84,11 @@ def _doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `tfdp` and `python -m tfdp`."""
-    parser = _parser()
+    try:
+        parser = _parser()
+    except ConfigError as e:  # a malformed TFDP_* default
+        print(f"tfdp: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     if args.command == "env":

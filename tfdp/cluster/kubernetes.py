@@ -18,11 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from tfdp.cluster.scheduler_env import DEFAULT_PORT, required, whole_number
 from tfdp.errors import ConfigError
 
 INDEX_VAR = "JOB_COMPLETION_INDEX"
 WORKERS_VAR = "TFDP_K8S_WORKERS"
-DEFAULT_PORT = 12345
+_FIX = "set it in the pod template's env (docs/clusters.md has a complete manifest)."
 # A DNS label, as Kubernetes names Jobs, Services and namespaces.
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
@@ -32,33 +33,16 @@ def detected(env: Mapping[str, str]) -> bool:
     return bool(env.get(INDEX_VAR, "").strip() and env.get(WORKERS_VAR, "").strip())
 
 
-def _need(env: Mapping[str, str], name: str, what: str) -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        raise ConfigError(f"{name} is not set: {what}. Fix: set it in the pod template's env "
-                          "(docs/clusters.md has a complete manifest).")
-    return value
-
-
-def _number(env: Mapping[str, str], name: str, what: str, *, low: int, high: int | None = None) -> int:
-    value = _need(env, name, what)
-    if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
-        bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{name}={value!r}: {what} must be a whole number {bound}. Fix: correct the "
-                          "pod template's env (docs/clusters.md has a complete manifest).")
-    return int(value)
-
-
 def cluster_from_kubernetes(env: Mapping[str, str], *, port: int | None = None) -> tuple[list[str], int]:
     """(every worker's address in index order, this pod's index).
 
     Raises:
         ConfigError: naming the variable that is missing or malformed.
     """
-    workers = _number(env, WORKERS_VAR, "the number of worker pods", low=1)
-    index = _number(env, INDEX_VAR, "the pod's index (Kubernetes sets it for completionMode: Indexed)",
-                    low=0, high=workers - 1)
-    names = {name: _need(env, name, what) for name, what in (
+    workers = whole_number(env, WORKERS_VAR, why="the number of worker pods", fix=_FIX, low=1)
+    index = whole_number(env, INDEX_VAR, why="the pod's index (Kubernetes sets it for completionMode: Indexed)",
+                         fix=_FIX, low=0, high=workers - 1)
+    names = {name: required(env, name, why=why, fix=_FIX) for name, why in (
         ("TFDP_K8S_JOB", "the Job's name, which prefixes its pods' host names"),
         ("TFDP_K8S_SERVICE", "the headless Service named in the pods' subdomain"))}
     if env.get("TFDP_K8S_NAMESPACE", "").strip():
@@ -68,7 +52,7 @@ def cluster_from_kubernetes(env: Mapping[str, str], *, port: int | None = None) 
             raise ConfigError(f"{name}={value!r} is not a Kubernetes name (lower-case letters, digits and '-'). "
                               "Fix: use the object's metadata.name (docs/clusters.md has a complete manifest).")
     if port is None:
-        port = _number(env, "TFDP_K8S_PORT", "the port every pod listens on", low=1024, high=65535) \
-            if env.get("TFDP_K8S_PORT", "").strip() else DEFAULT_PORT
+        port = whole_number(env, "TFDP_K8S_PORT", why="the port every pod listens on", fix=_FIX, low=1024,
+                            high=65535) if env.get("TFDP_K8S_PORT", "").strip() else DEFAULT_PORT
     domain = ".".join(names[n] for n in ("TFDP_K8S_SERVICE", "TFDP_K8S_NAMESPACE") if n in names)
     return [f"{names['TFDP_K8S_JOB']}-{i}.{domain}:{port}" for i in range(workers)], index

@@ -18,9 +18,8 @@ import itertools
 import re
 from collections.abc import Mapping
 
+from tfdp.cluster.scheduler_env import DEFAULT_PORT, required
 from tfdp.errors import ConfigError
-
-DEFAULT_PORT = 12345
 
 
 def _hostlist_error(hostlist: str, problem: str) -> ConfigError:
@@ -136,11 +135,8 @@ def cluster_from_slurm(env: Mapping[str, str], *, port: int = DEFAULT_PORT) -> t
             with the placement.
     """
     def need(name: str) -> str:
-        value = env.get(name, "").strip()
-        if not value:
-            raise ConfigError(f"{name} is not set: tfdp.cluster reads SLURM's job environment. "
-                              "Fix: run inside a SLURM allocation through srun (one task per worker).")
-        return value
+        return required(env, name, why="tfdp.cluster reads SLURM's job environment",
+                        fix="run inside a SLURM allocation through srun (one task per worker).")
 
     nodes_var = "SLURM_STEP_NODELIST" if env.get("SLURM_STEP_NODELIST") else "SLURM_JOB_NODELIST"
     nodes = expand_hostlist(need(nodes_var))

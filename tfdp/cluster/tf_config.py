@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tfdp.cluster import kubernetes, slurm
+from tfdp.cluster import kubernetes, scheduler_env, slurm
 from tfdp.errors import ConfigError, did_you_mean
 
 ENV_VAR = "TF_CONFIG"
@@ -241,7 +241,7 @@ class TFConfig:
 
     @classmethod
     def from_slurm(cls, environ: Mapping[str, str] | None = None, *,
-                   port: int = slurm.DEFAULT_PORT) -> "TFConfig":
+                   port: int = scheduler_env.DEFAULT_PORT) -> "TFConfig":
         """The TF_CONFIG of this SLURM task: one worker per task, ranked by SLURM_PROCID.
 
         Tasks on a node listen on `port`, `port + 1`, ... by their local id; ranks are
