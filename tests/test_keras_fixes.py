@@ -1,6 +1,7 @@
 """The registry of upstream repairs: installed by create_strategy, never silently off."""
 
 import dataclasses
+import functools
 import logging
 import re
 from pathlib import Path
@@ -109,3 +110,73 @@ def test_private_classes_are_found_by_their_module_not_their_name():
 def test_the_newest_verified_keras_is_the_pinned_nightly_of_ci():
     pin = (ROOT / ".ci" / "keras-nightly.txt").read_text().strip()
     assert pin == f"keras-nightly=={VERIFIED_KERAS[1]}"
+
+
+def _without(monkeypatch, owner, method: str, attribute: str) -> None:
+    """Makes `owner.method` leave no `attribute` behind: a Keras that renamed it."""
+    stock = getattr(owner, method)
+
+    @functools.wraps(stock)  # the same signature: only the attribute is gone
+    def renamed(self, *args, **kwargs):
+        result = stock(self, *args, **kwargs)
+        if attribute in vars(self):
+            delattr(self, attribute)
+        return result
+
+    monkeypatch.setattr(owner, method, renamed)
+
+
+def _take_away(monkeypatch, kind: str, attribute: str) -> None:
+    import tensorflow as tf
+
+    if kind == "model":
+        _without(monkeypatch, _compat.tf_trainer_class(), "__init__", attribute)
+    elif kind == "optimizer":
+        _without(monkeypatch, keras.optimizers.SGD, "build", attribute)
+    elif kind == "backup_callback":
+        _without(monkeypatch, keras.callbacks.BackupAndRestore, "__init__", attribute)
+    else:
+        stock_empty = tf.experimental.Optional.empty
+
+        def empty(spec):
+            optional = stock_empty(spec)
+            delattr(optional, attribute)
+            return optional
+
+        monkeypatch.setattr(tf.experimental.Optional, "empty", staticmethod(empty))
+
+
+PRIVATE_ATTRIBUTES = [(kind, name) for kind, names in _compat.PRIVATE_ATTRIBUTES.items() for name in names
+                      if name != "_distribution_strategy"]  # the Trainer's: the test below
+
+
+@pytest.mark.parametrize("kind,attribute", PRIVATE_ATTRIBUTES, ids=[name for _, name in PRIVATE_ATTRIBUTES])
+def test_a_missing_private_attribute_is_a_config_error_at_install_naming_the_repair(restore_repairs, monkeypatch,
+                                                                                    kind, attribute):
+    keras_fixes.uninstall()
+    _take_away(monkeypatch, kind, attribute)
+    with pytest.raises(tfdp.ConfigError) as raised:
+        keras_fixes.install()
+    message = str(raised.value)
+    repair = re.search(r"repair '(\w+)'", message) or re.search(r"'(\w+)'", message)
+    source = (ROOT / "tfdp" / "keras_fixes" / f"{repair.group(1)}.py").read_text()
+    assert f"{attribute} (an attribute) does not exist" in message and "install(exclude=[" in message
+    assert re.search(rf"check_attributes\(\"{kind}\", \([^)]*\"{attribute}\"", source), (repair.group(1), message)
+    assert keras_fixes.installed() == ()  # nothing half-installed
+
+
+def test_every_private_attribute_the_repairs_read_is_checked_by_them():
+    sources = "".join(path.read_text() for path in (ROOT / "tfdp" / "keras_fixes").glob("*.py"))
+    checked = set(re.findall(r"check_attributes\(\"(\w+)\", \(([^)]*)\)", sources))
+    checked = {(kind, name) for kind, names in checked for name in re.findall(r"\"(\w+)\"", names)}
+    assert checked == set(PRIVATE_ATTRIBUTES)
+
+
+def test_an_optimizer_without_its_strategy_binding_is_a_config_error_for_the_trainer(monkeypatch):
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    _without(monkeypatch, _compat.tf_optimizer_class(), "__init__", "_distribution_strategy")
+    with pytest.raises(tfdp.ConfigError, match="_distribution_strategy does not exist"):
+        tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.1), loss="mse", strategy=strategy)

@@ -171,6 +171,31 @@ def distribute_interim():
                       "tf.__internal__.distribute")
 
 
+@contextlib.contextmanager
+def merge_calls_run_directly():
+    """Lets Keras's `maybe_merge_call(fn, strategy, ...)` run in the cross-replica context.
+
+    Stock TF fetches the replica context there, which is None in the cross-replica context.
+    Patched for the block only (`tf.__internal__.distribute.interim.maybe_merge_call`, which
+    Keras's optimizers call), restored on exit.
+    """
+    import tensorflow as tf
+
+    interim = distribute_interim()
+    stock = interim.maybe_merge_call
+
+    def maybe_merge_call(fn, strategy, *args, **kwargs):
+        if tf.distribute.in_cross_replica_context():
+            return fn(strategy, *args, **kwargs)
+        return stock(fn, strategy, *args, **kwargs)
+
+    interim.maybe_merge_call = maybe_merge_call
+    try:
+        yield
+    finally:
+        interim.maybe_merge_call = stock
+
+
 def bump_mirrored_collective_keys(by: int) -> None:
     """Moves MirroredStrategy's collective key base on (TF's own tests do the same)."""
     import tensorflow as tf
@@ -205,13 +230,6 @@ def first_replica_spec(spec):
     return values[0] if values else spec
 
 
-def bind_optimizer(optimizer, strategy) -> None:
-    """Binds a Keras optimizer to `strategy` (Keras binds it to the strategy in scope when it is
-    CREATED, as `TFOptimizer._distribution_strategy`; one made outside fails on its first update)."""
-    _attribute(optimizer, "_distribution_strategy", "TFOptimizer")
-    optimizer._distribution_strategy = strategy
-
-
 def clip_by_global_norm(grads, clip_norm):
     """Keras's own global-norm clipping (what `global_clipnorm` does): it densifies IndexedSlices."""
     return _attribute(_import(_BASE_OPTIMIZER_MODULE), "clip_by_global_norm", _BASE_OPTIMIZER_MODULE)(
@@ -222,6 +240,107 @@ def compile_metrics_class() -> type:
     """Keras's CompileMetrics: metrics per output, named and resolved as model.compile does."""
     compile_utils = _import("keras.src.trainers.compile_utils")
     return _attribute(compile_utils, "CompileMetrics", compile_utils.__name__)
+
+
+# -- private attributes: read and written only here, checked at install on probe objects ------
+
+# The private attributes tfdp reads or writes, by the kind of object that holds them. They
+# are set in constructors and `build`, so a class check cannot see them: `check_attributes`
+# looks at a small probe object of each kind (no name counters, no files touched).
+PRIVATE_ATTRIBUTES = {
+    "model": ("_distribute_strategy", "_initial_epoch"),
+    "optimizer": ("_iterations", "_accumulated_gradients", "_trainable_variables", "_distribution_strategy"),
+    "backup_callback": ("_current_epoch", "_last_batch_seen"),
+    "optional": ("_element_spec",),
+}
+
+
+def _probe(kind: str):
+    import keras
+    import tensorflow as tf
+
+    if kind == "model":  # the trainer classes alone: no layer, so no name is taken
+        return type("TrainerProbe", (tf_trainer_class(),), {})()
+    if kind == "optimizer":
+        optimizer = keras.optimizers.SGD(0.1, gradient_accumulation_steps=2, name="tfdp_probe")
+        optimizer.build([keras.Variable(0.0, name="tfdp_probe")])
+        return optimizer
+    if kind == "backup_callback":
+        return keras.callbacks.BackupAndRestore(backup_dir="tfdp_probe")
+    if kind == "optional":
+        return tf.experimental.Optional.empty(None)
+    raise ValueError(f"no probe of kind {kind!r}")
+
+
+def check_attributes(kind: str, names: tuple[str, ...]) -> None:
+    """Raises MissingInternal unless a fresh object of `kind` has each private attribute in `names`."""
+    unknown = set(names) - set(PRIVATE_ATTRIBUTES[kind])
+    if unknown:
+        raise ValueError(f"{sorted(unknown)} are not listed in PRIVATE_ATTRIBUTES[{kind!r}]")
+    probe = _probe(kind)
+    for name in names:
+        if not hasattr(probe, name):
+            raise MissingInternal(f"{type(probe).__mro__[1 if kind == 'model' else 0].__qualname__}.{name} "
+                                  "(an attribute) does not exist")
+
+
+def distribute_strategy_of(model):
+    """The strategy a Keras model was created under (`_distribute_strategy`; None: none)."""
+    return _attribute(model, "_distribute_strategy", "Model")
+
+
+def set_initial_epoch(model, epoch: int) -> None:
+    """The epoch Keras's fit starts from, set by a restoring callback (`Trainer._initial_epoch`)."""
+    _attribute(model, "_initial_epoch", "Model")
+    model._initial_epoch = epoch
+
+
+def optimizer_iterations(optimizer):
+    """The optimizer's step-count variable itself (`_iterations`), not the public read-only view."""
+    return _attribute(optimizer, "_iterations", "Optimizer")
+
+
+def accumulated_gradients(optimizer) -> list:
+    """The gradient accumulators of gradient_accumulation_steps, one per variable (`_accumulated_gradients`)."""
+    return _attribute(optimizer, "_accumulated_gradients", "Optimizer")
+
+
+def optimizer_trainable_variables(optimizer) -> list:
+    """The variables the optimizer was built for (`_trainable_variables`)."""
+    return _attribute(optimizer, "_trainable_variables", "Optimizer")
+
+
+def bind_optimizer(optimizer, strategy) -> None:
+    """Binds a Keras optimizer to `strategy` (Keras binds it to the strategy in scope when it is
+    CREATED, as `TFOptimizer._distribution_strategy`; one made outside fails on its first update)."""
+    _attribute(optimizer, "_distribution_strategy", "TFOptimizer")
+    optimizer._distribution_strategy = strategy
+
+
+def backup_position(callback) -> tuple[int, int]:
+    """(epoch, last batch seen) of a BackupAndRestore callback (`_current_epoch`, `_last_batch_seen`)."""
+    return (_attribute(callback, "_current_epoch", "BackupAndRestore"),
+            _attribute(callback, "_last_batch_seen", "BackupAndRestore"))
+
+
+def set_backup_position(callback, *, epoch: int | None = None, batch: int | None = None) -> None:
+    """Moves a BackupAndRestore callback's position (what it saves next, and where fit resumes)."""
+    backup_position(callback)
+    if epoch is not None:
+        callback._current_epoch = epoch
+    if batch is not None:
+        callback._last_batch_seen = batch
+
+
+def optional_spec(optional):
+    """The element spec a tf.experimental.Optional holds (`_element_spec`)."""
+    return _attribute(optional, "_element_spec", "Optional")
+
+
+def set_optional_spec(optional, spec) -> None:
+    """Sets an Optional's element spec once it is known (Keras's own trick in its step loop)."""
+    optional_spec(optional)
+    optional._element_spec = spec
 
 
 @contextlib.contextmanager

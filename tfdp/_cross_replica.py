@@ -2,33 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-
-from tfdp import _compat
 from tfdp._requirements import import_tensorflow
 
 tf = import_tensorflow()
 import keras  # noqa: E402
-
-@contextlib.contextmanager
-def merge_calls_run_directly():
-    """Lets Keras's `maybe_merge_call(fn, strategy, ...)` run in the cross-replica context.
-
-    Stock TF fetches the replica context there, which is None in the cross-replica context.
-    """
-    interim = _compat.distribute_interim()
-    stock = interim.maybe_merge_call
-
-    def maybe_merge_call(fn, strategy, *args, **kwargs):
-        if tf.distribute.in_cross_replica_context():
-            return fn(strategy, *args, **kwargs)
-        return stock(fn, strategy, *args, **kwargs)
-
-    interim.maybe_merge_call = maybe_merge_call
-    try:
-        yield
-    finally:
-        interim.maybe_merge_call = stock
 
 
 def batch_size(x) -> tf.Tensor:

@@ -33,7 +33,7 @@ import zlib
 
 import keras
 
-from tfdp import preemption
+from tfdp import _compat, preemption
 from tfdp.errors import ConfigError
 from tfdp.keras_fixes._base import Fix, Undo, check_methods, patch
 from tfdp.keras_fixes._worker_files import on_chief, private_dir, remove_private_dir
@@ -92,7 +92,8 @@ def _save(self) -> None:
         _replace_copy(weights, weights + _PREVIOUS)
         _replace_copy(metadata, metadata + _PREVIOUS)
     self.model.save_weights(weights + _TMP + ".weights.h5", overwrite=True)
-    state = {"epoch": self._current_epoch, "batch": self._last_batch_seen,
+    epoch, batch = _compat.backup_position(self)
+    state = {"epoch": epoch, "batch": batch,
              "steps_done": _progress.get(self, {}).get("steps_done", 0),
              "weights_crc32": _crc32(weights + _TMP + ".weights.h5")}
     with open(metadata + _TMP, "w") as f:
@@ -123,10 +124,10 @@ def _load(self) -> None:
             weights = os.path.join(private_dir(self), _WEIGHTS)
             shutil.copyfile(os.path.join(directory, _WEIGHTS + suffix), weights)
         self.model.load_weights(weights)
-        self.model._initial_epoch = self._current_epoch = state["epoch"]
+        _compat.set_initial_epoch(self.model, state["epoch"])
         steps = state.get("steps_done", 0)
         _progress[self] = {"steps_done": steps, "skip": steps}
-        self._last_batch_seen = max(steps - 1, 0)
+        _compat.set_backup_position(self, epoch=state["epoch"], batch=max(steps - 1, 0))
         if on_chief(self):  # Keras resumes silently; the Trainer says the same line
             print(f"resumed from {os.path.join(directory, _WEIGHTS + suffix)} at epoch {state['epoch']} "
                   f"step {steps}", flush=True)
@@ -168,11 +169,11 @@ def _stop_watching(callback) -> None:
 
 def _save_and_exit(callback, batch: int) -> None:
     """Saves the backup at this step (every worker stops at the same one) and exits."""
-    callback._last_batch_seen = batch
+    _compat.set_backup_position(callback, batch=batch)
     _save(callback)
     _stop_watching(callback)
     remove_private_dir(callback)
-    preemption.exit_after_save(epoch=callback._current_epoch, step=batch + 1, where=callback.backup_dir,
+    preemption.exit_after_save(epoch=_compat.backup_position(callback)[0], step=batch + 1, where=callback.backup_dir,
                                chief=on_chief(callback))
 
 
@@ -214,6 +215,8 @@ def _check() -> None:
         "_save_model": ("self",), "_load_model": ("self",), "on_train_begin": ("self", "logs"),
         "on_train_batch_end": ("self", "batch", "logs"), "on_epoch_end": ("self", "epoch", "logs"),
         "on_train_end": ("self", "logs")})
+    _compat.check_attributes("backup_callback", ("_current_epoch", "_last_batch_seen"))
+    _compat.check_attributes("model", ("_initial_epoch",))
 
 
 FIX = Fix(

@@ -23,7 +23,7 @@ from tfdp.keras_fixes._base import Fix, Undo, check_methods, patch, patch_module
 
 
 def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-    if self._distribute_strategy is None:
+    if _compat.distribute_strategy_of(self) is None:
         return
     if iterator is not None:
         for _, _, it in iterator:
@@ -61,6 +61,7 @@ def _check() -> None:
     check_methods(_compat.base_trainer_class(), {"_symbolic_build": ("self", "iterator", "data_batch")})
     for name in ("reduce_per_replica", "_collective_all_reduce_multi_worker", "_is_per_replica_instance"):
         _compat.tf_trainer_function(name)
+    _compat.check_attributes("model", ("_distribute_strategy",))
 
 
 FIX = Fix(

@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from tfdp import _compat
-from tfdp._cross_replica import merge_calls_run_directly
+from tfdp._compat import merge_calls_run_directly
 from tfdp.keras_fixes._base import Fix, Undo, check_methods, in_replica_context_of_several, patch
 
 
@@ -41,18 +41,18 @@ def _first(strategy, values):
 
 def _apply_ema(optimizer) -> None:
     """Keras's EMA step, as BaseOptimizer._backend_apply_gradients ends it."""
-    optimizer._update_model_variables_moving_average(optimizer._trainable_variables)
+    variables = _compat.optimizer_trainable_variables(optimizer)
+    optimizer._update_model_variables_moving_average(variables)
     if optimizer.ema_overwrite_frequency:
         keras.ops.cond((optimizer.iterations + 1) % optimizer.ema_overwrite_frequency == 0,
-                       lambda: optimizer._overwrite_model_variables_with_average_value(
-                           optimizer._trainable_variables),
+                       lambda: optimizer._overwrite_model_variables_with_average_value(variables),
                        lambda: None)
 
 
 def _apply_accumulating(optimizer, grads, variables) -> None:
     """Keras's accumulation (BaseOptimizer._backend_apply_gradients), reduced once per update."""
     steps = optimizer.gradient_accumulation_steps
-    accumulators = [optimizer._accumulated_gradients[optimizer._get_variable_index(v)] for v in variables]
+    accumulators = [_compat.accumulated_gradients(optimizer)[optimizer._get_variable_index(v)] for v in variables]
     # This replica's mean over the micro-batches, as if this were the update step; the SUM
     # over replicas of it is the update Keras applies.
     means = _sum_over_replicas([None if g is None else (g + a) / steps for g, a in zip(grads, accumulators)])
@@ -68,7 +68,7 @@ def _apply_accumulating(optimizer, grads, variables) -> None:
             optimizer._backend_increment_gradient_accumulators(local_grads, accumulators)
 
         with merge_calls_run_directly():
-            is_update_step = (optimizer._iterations + 1) % steps == 0
+            is_update_step = (_compat.optimizer_iterations(optimizer) + 1) % steps == 0
             keras.ops.cond(is_update_step, update, accumulate)
             if optimizer.use_ema:
                 _apply_ema(optimizer)
@@ -133,6 +133,7 @@ def _check() -> None:
         "_stateful_handle_finite_grads": ("self", "grads", "trainable_variables"),
         "_stateful_handle_non_finite_grads": ("self",),
     })
+    _compat.check_attributes("optimizer", ("_iterations", "_accumulated_gradients", "_trainable_variables"))
     _compat.distribute_interim()
 
 

@@ -20,7 +20,7 @@ def _apply() -> Undo:
     stock_make_function = trainer._make_function
 
     def make_function(self, step_function):
-        if self.steps_per_execution == 1 or self._distribute_strategy is None or self.jit_compile:
+        if self.steps_per_execution == 1 or _compat.distribute_strategy_of(self) is None or self.jit_compile:
             return stock_make_function(self, step_function)
         strategy = self.distribute_strategy
         reduce_per_replica = _compat.tf_trainer_function("reduce_per_replica")
@@ -35,11 +35,11 @@ def _apply() -> Undo:
             """Runs a step when there is data; otherwise keeps the previous outputs."""
             def has_next():
                 outputs = tf.experimental.Optional.from_value(one_step_on_data(optional_data.get_value()))
-                empty._element_spec = outputs.element_spec  # Keras's own trick: the spec is known now.
+                _compat.set_optional_spec(empty, outputs.element_spec)  # Keras's own trick: the spec is known now.
                 return outputs
 
             def no_next():
-                previous._element_spec = empty._element_spec
+                _compat.set_optional_spec(previous, _compat.optional_spec(empty))
                 return previous
 
             return tf.cond(optional_data.has_value(), has_next, no_next)
@@ -54,7 +54,7 @@ def _apply() -> Undo:
 
             _, outputs = tf.while_loop(lambda step, _: step < self.steps_per_execution, body,
                                        [tf.constant(1), first])
-            outputs._element_spec = empty.element_spec
+            _compat.set_optional_spec(outputs, empty.element_spec)
             return outputs
 
         def function(iterator):
@@ -72,6 +72,8 @@ def _check() -> None:
     check_methods(_compat.tf_trainer_class(), {"_make_function": ("self", "step_function"),
                                                "_autoconvert_optionals": ("self", "step_func")})
     _compat.tf_trainer_function("reduce_per_replica")
+    _compat.check_attributes("model", ("_distribute_strategy",))
+    _compat.check_attributes("optional", ("_element_spec",))
 
 
 FIX = Fix(

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdp import _compat
-from tfdp._cross_replica import merge_calls_run_directly
+from tfdp._compat import merge_calls_run_directly
 from tfdp import gradients
 from tfdp.errors import ConfigError, check_whole
 from tfdp.training import losses

@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfdp._cross_replica import merge_calls_run_directly
+from tfdp._compat import merge_calls_run_directly
 from tfdp.training import all_reduce
 
 

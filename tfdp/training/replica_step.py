@@ -17,7 +17,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from tfdp._cross_replica import merge_calls_run_directly, nonempty_batch, only_if_real, real
+from tfdp._compat import merge_calls_run_directly
+from tfdp._cross_replica import nonempty_batch, only_if_real, real
 from tfdp import gradients
 from tfdp.training import all_reduce, losses
 from tfdp.training.local_steps import LocalSteps
