@@ -109,7 +109,7 @@ def run_here(name: str) -> dict:
         rates = [FLAGS.steps * FLAGS.global_batch_size / s for s in epoch_seconds[1:]]
     else:
         trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.01), loss=loss, strategy=strategy,
-                               mixed_precision=precision, steps_per_loop=steps_per_call,
+                               mixed_precision=precision, steps_per_execution=steps_per_call,
                                all_reduce_dtype=all_reduce_dtype, local_steps=local_steps)
         trainer.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
         first = time.perf_counter() - start

@@ -64,11 +64,13 @@ def define_training_flags(*, global_batch_size: int, epochs: int, learning_rate:
     flags.DEFINE_bool("dry_run", False, "Print the resolved plan and exit.")
     define_enum("loop", "fit", ["fit", "custom"], "model.fit, or tfdp.Trainer's custom loop.")
     define_enum("mixed_precision", None, ["mixed_float16", "mixed_bfloat16"], "Mixed precision policy.")
-    flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per optimizer step.", lower_bound=1)
-    flags.DEFINE_float("clip_global_norm", None, "Clip the all-reduced gradient to this global norm.",
+    flags.DEFINE_integer("gradient_accumulation_steps", 1, "Micro-batches per optimizer step.", lower_bound=1)
+    flags.DEFINE_float("global_clipnorm", None, "Clip the all-reduced gradient to this global norm.",
                        lower_bound=0.0)
-    flags.DEFINE_integer("steps_per_loop", 1, "Steps per tf.function call (fit: steps_per_execution).",
-                         lower_bound=1)
+    flags.DEFINE_integer("steps_per_execution", 1, "Steps per tf.function call.", lower_bound=1)
+    for old, new in (("grad_accum_steps", "gradient_accumulation_steps"), ("clip_global_norm", "global_clipnorm"),
+                     ("steps_per_loop", "steps_per_execution")):
+        flags.DEFINE_alias(old, new)  # the first names, kept for old command lines (deprecated)
     flags.DEFINE_integer("local_steps", 1, "--loop=custom: each replica takes this many steps on its own, then "
                          "the replicas average (1: all-reduce every step).", lower_bound=1)
     flags.DEFINE_float("outer_learning_rate", 0.0, "With --local_steps > 1: learning rate of a Nesterov SGD "

@@ -45,11 +45,11 @@ def time_to_accuracy(history: list) -> dict:
 
 
 def compile_for_fit(keras, model, learning_rate):
-    optimizer = keras.optimizers.Adam(learning_rate, global_clipnorm=FLAGS.clip_global_norm,
-                                      gradient_accumulation_steps=FLAGS.grad_accum_steps
-                                      if FLAGS.grad_accum_steps > 1 else None)
+    optimizer = keras.optimizers.Adam(learning_rate, global_clipnorm=FLAGS.global_clipnorm,
+                                      gradient_accumulation_steps=FLAGS.gradient_accumulation_steps
+                                      if FLAGS.gradient_accumulation_steps > 1 else None)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=FLAGS.steps_per_loop)
+                  steps_per_execution=FLAGS.steps_per_execution)
 
 
 def train_with_fit(keras, model, train, test, clock, model_dir):
@@ -75,8 +75,8 @@ def make_trainer(keras, tfdp, strategy, model, learning_rate, model_dir):
     return tfdp.Trainer(model, optimizer=keras.optimizers.Adam(learning_rate),
                         loss="sparse_categorical_crossentropy",
                         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], strategy=strategy,
-                        mixed_precision=FLAGS.mixed_precision, grad_accum_steps=FLAGS.grad_accum_steps,
-                        clip_global_norm=FLAGS.clip_global_norm, steps_per_loop=FLAGS.steps_per_loop,
+                        mixed_precision=FLAGS.mixed_precision, gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+                        global_clipnorm=FLAGS.global_clipnorm, steps_per_execution=FLAGS.steps_per_execution,
                         model_dir=model_dir, local_steps=FLAGS.local_steps,
                         outer_optimizer=recipe_flags.outer_optimizer_from_flags(keras),
                         summary_every_steps=FLAGS.summary_every_steps, max_staleness=FLAGS.max_staleness)
@@ -123,9 +123,9 @@ def main(argv):
         data = datasets.load(FLAGS.dataset, FLAGS.data_dir)
     except FileNotFoundError as e:
         raise app.UsageError(str(e)) from None
-    batches_per_epoch = FLAGS.steps_per_epoch and FLAGS.steps_per_epoch * FLAGS.grad_accum_steps \
+    batches_per_epoch = FLAGS.steps_per_epoch and FLAGS.steps_per_epoch * FLAGS.gradient_accumulation_steps \
         or -(-data.num_train // batch)
-    steps_per_epoch = batches_per_epoch // FLAGS.grad_accum_steps
+    steps_per_epoch = batches_per_epoch // FLAGS.gradient_accumulation_steps
     learning_rate, peak = recipe_flags.learning_rate_from_flags(keras, steps_per_epoch=steps_per_epoch)
     asynchronous = roles.loop_on_chief_only(strategy)
     cluster = tfdp.cluster.TFConfig.from_env().cluster if asynchronous else {}
@@ -135,8 +135,8 @@ def main(argv):
             "per_replica_batch_size": per_replica, "loop": FLAGS.loop, "epochs": FLAGS.epochs,
             "dataset": FLAGS.dataset, "learning_rate": peak, "lr_scaling": FLAGS.lr_scaling,
             "warmup_epochs": FLAGS.warmup_epochs, "mixed_precision": FLAGS.mixed_precision,
-            "grad_accum_steps": FLAGS.grad_accum_steps, "clip_global_norm": FLAGS.clip_global_norm,
-            "steps_per_loop": FLAGS.steps_per_loop, "local_steps": FLAGS.local_steps,
+            "gradient_accumulation_steps": FLAGS.gradient_accumulation_steps, "global_clipnorm": FLAGS.global_clipnorm,
+            "steps_per_execution": FLAGS.steps_per_execution, "local_steps": FLAGS.local_steps,
             "outer_learning_rate": FLAGS.outer_learning_rate, "outer_momentum": FLAGS.outer_momentum,
             "target_accuracy": FLAGS.target_accuracy, "model_dir": model_dir,
             "train_examples": data.num_train}
@@ -162,7 +162,7 @@ def main(argv):
     record = run_record.RunRecord()
     epoch_examples = data.num_train if not FLAGS.steps_per_epoch else batches_per_epoch * batch
     clock = run_record.clock(keras, record, updates=lambda: int(optimizer.iterations.numpy()),
-                             batches_per_update=FLAGS.grad_accum_steps, batches_per_epoch=batches_per_epoch,
+                             batches_per_update=FLAGS.gradient_accumulation_steps, batches_per_epoch=batches_per_epoch,
                              epoch_examples=epoch_examples, global_batch_size=batch)
     if trainer is None:
         train_logs, evaluation = train_with_fit(keras, model, train, test, clock, model_dir)

@@ -41,7 +41,7 @@ x, y = dict_data(options.get("examples", 44))
 data = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8)
 trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS[options.get("optimizer", "adam")](), loss="mse",
                        strategy=strategy, max_staleness=options.get("max_staleness"),
-                       clip_global_norm=options.get("clip"), steps_per_loop=options.get("steps_per_loop", 1),
+                       global_clipnorm=options.get("clip"), steps_per_execution=options.get("steps_per_execution", 1),
                        model_dir=options.get("model_dir"))
 history = trainer.fit(data, epochs=options.get("epochs", 2), steps_per_epoch=options.get("steps", 5), verbose=2)
 print("RESULT " + json.dumps({"weights": [w.tolist() for w in model.get_weights()],
@@ -79,7 +79,7 @@ def result_of(output: str) -> dict:
 
 @pytest.mark.parametrize("optimizer, clip", [("adam", None), ("sgd", 0.5)])
 def test_one_worker_with_max_staleness_0_equals_one_device(optimizer, clip):
-    options = {"optimizer": optimizer, "max_staleness": 0, "clip": clip, "steps_per_loop": 2}
+    options = {"optimizer": optimizer, "max_staleness": 0, "clip": clip, "steps_per_execution": 2}
     result = launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "200", "--", sys.executable, "-c", CHIEF],
                     env={"OPTIONS": json.dumps(options)})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -122,7 +122,7 @@ try:
 except tfdp.ConfigError as e:
     print("TRAINER", e, flush=True)
 try:
-    tfdp.Trainer(model, optimizer="adam", loss="mse", strategy=strategy, grad_accum_steps=2)
+    tfdp.Trainer(model, optimizer="adam", loss="mse", strategy=strategy, gradient_accumulation_steps=2)
 except tfdp.ConfigError as e:
     print("OPTIONS", e, flush=True)
 try:
@@ -144,7 +144,7 @@ for repaired in (True, False):
     assert "ConfigError model.fit() under a parameter_server strategy" in repaired and "tfdp.Trainer" in repaired
     assert "ValueError" in stock and "create_per_worker_dataset" in stock  # stock Keras 3.15.1 / 3.16 nightly
     assert "[chief] TRAINER Trainer.fit(steps_per_epoch=None) on a parameter_server strategy" in result.stdout
-    assert "[chief] OPTIONS Trainer(grad_accum_steps=2) on a parameter_server strategy" in result.stdout
+    assert "[chief] OPTIONS Trainer(gradient_accumulation_steps=2) on a parameter_server strategy" in result.stdout
     assert "[chief] STEP SAVES Trainer(save_every_steps=2) on a parameter_server strategy" in result.stdout
 
 

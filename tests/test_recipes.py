@@ -115,7 +115,7 @@ def test_a_malformed_tf_config_is_reported_before_tensorflow_starts(tmp_path):
     (["--loop=keras"], "--loop"),
     (["--strategy=mirrored", "--num_cpu_replicas=2", "--global_batch_size=63"],
      "--global_batch_size: global_batch_size=63 does not divide by the 2 replicas"),
-    (["--grad_accum_steps=0"], "--grad_accum_steps"),
+    (["--gradient_accumulation_steps=0"], "--gradient_accumulation_steps"),
     (["--dataset=mnist"], "--dataset=mnist: not prepared under --data_dir"),
     (["--local_steps=4"], "--local_steps > 1 needs --loop=custom"),
     (["--loop=custom", "--outer_learning_rate=0.7"], "give --local_steps > 1 too"),

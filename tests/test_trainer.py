@@ -75,10 +75,10 @@ def assert_close(weights, expected):
 # uneven last batch; with accumulation 2 the last group is one batch of 5 (data ending mid-group).
 CASES = {
     "plain": (dict(), dict(), 45),
-    "steps_per_loop": (dict(steps_per_loop=4), dict(), 45),
-    "grad_accum_steps": (dict(grad_accum_steps=2), dict(accumulate=2), 48),
-    "clip_global_norm": (dict(clip_global_norm=0.05), dict(clip=0.05), 45),
-    "all_together": (dict(grad_accum_steps=2, clip_global_norm=0.05, steps_per_loop=2),
+    "steps_per_execution": (dict(steps_per_execution=4), dict(), 45),
+    "gradient_accumulation_steps": (dict(gradient_accumulation_steps=2), dict(accumulate=2), 48),
+    "global_clipnorm": (dict(global_clipnorm=0.05), dict(clip=0.05), 45),
+    "all_together": (dict(gradient_accumulation_steps=2, global_clipnorm=0.05, steps_per_execution=2),
                      dict(accumulate=2, clip=0.05), 45),
 }
 
@@ -98,7 +98,7 @@ def test_steps_per_epoch_reads_the_data_again_without_empty_epochs(two_replicas)
     # 6 batches, 4 steps per epoch in chunks of 3: every epoch trains 4 steps, the data is
     # read again when it ends (mid-chunk), and Adam's iterations equal the steps taken.
     model, history, trainer = run_trainer(two_replicas, dict_data(45), epochs=3, optimizer="adam",
-                                          steps_per_epoch=4, steps_per_loop=3)
+                                          steps_per_epoch=4, steps_per_execution=3)
     expected, iterations = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=3,
                                       optimizer="adam", steps_per_epoch=4)
     assert iterations == 12 == int(trainer.optimizer.iterations.numpy())
@@ -160,18 +160,19 @@ def test_mixed_precision_must_be_set_before_the_model_is_built(two_replicas):
 
 
 @pytest.mark.parametrize("options,message", [
-    (dict(grad_accum_steps=0), "grad_accum_steps=0"),
-    (dict(steps_per_loop=1.5), "steps_per_loop=1.5"),
-    (dict(clip_global_norm=-1), "clip_global_norm=-1"),
+    (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps=0"),
+    (dict(steps_per_execution=1.5), "steps_per_execution=1.5"),
+    (dict(global_clipnorm=-1), "global_clipnorm=-1"),
     (dict(all_reduce_dtype="fp8"), "all_reduce_dtype"),
     (dict(all_reduce_dtype="none"), "all_reduce_dtype"),
     (dict(max_checkpoints=0), "max_checkpoints=0"),
     (dict(save_every_steps=5), "give model_dir too"),
     (dict(loss=5), "loss=5"),
     (dict(loss="msee"), "not a Keras loss name"),
-    (dict(optimizer=keras.optimizers.SGD(gradient_accumulation_steps=2)), "grad_accum_steps=2"),
+    (dict(optimizer=keras.optimizers.SGD(gradient_accumulation_steps=2)), "gradient_accumulation_steps=2"),
     (dict(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())), 'mixed_precision="mixed_float16"'),
     (dict(mixed_precision="float16"), "mixed_precision"),
+    (dict(gradient_acumulation_steps=2), 'no such option. Did you mean "gradient_accumulation_steps"'),
 ])
 def test_bad_options_are_config_errors(two_replicas, options, message):
     with two_replicas.scope():
@@ -179,6 +180,19 @@ def test_bad_options_are_config_errors(two_replicas, options, message):
     options = {"optimizer": "sgd", "loss": "mse", **options}
     with pytest.raises(tfdp.ConfigError, match=message):
         tfdp.Trainer(model, strategy=two_replicas, **options)
+
+
+def test_the_first_option_names_still_work_with_a_deprecation_warning(two_replicas):
+    with two_replicas.scope():
+        model = dict_model()
+    for old, new, value in (("grad_accum_steps", "gradient_accumulation_steps", 2),
+                            ("clip_global_norm", "global_clipnorm", 1.0), ("steps_per_loop", "steps_per_execution", 3)):
+        with pytest.warns(DeprecationWarning, match=f"Trainer\\({old}=...\\) is now {new}"):
+            trainer = tfdp.Trainer(model, optimizer="sgd", loss="mse", strategy=two_replicas, **{old: value})
+        if new != "global_clipnorm":
+            assert getattr(trainer, new) == value
+        else:
+            assert trainer.step.global_clipnorm == value
 
 
 WORKER = """
@@ -214,7 +228,7 @@ print("RESULT " + json.dumps({"weights": [w.tolist() for w in model.get_weights(
 
 @pytest.mark.parametrize("optimizer,options,reference,n", [
     ("sgd", {}, {}, 45),
-    ("adam", {"steps_per_loop": 2, "clip_global_norm": 0.05, "grad_accum_steps": 2},
+    ("adam", {"steps_per_execution": 2, "global_clipnorm": 0.05, "gradient_accumulation_steps": 2},
      {"clip": 0.05, "accumulate": 2}, 45),
 ], ids=["sgd-plain", "adam-all-together"])
 def test_two_workers_equal_a_plain_single_device_loop(optimizer, options, reference, n):

@@ -84,10 +84,10 @@ def two_replicas():
     ("sgd", dict(local_steps=2), dict(local_steps=2), 44),  # 6 steps: 3 averages an epoch
     ("sgd", dict(local_steps=4), dict(local_steps=4), 44),  # the epoch ends 2 updates into a round
     ("adam", dict(local_steps=2), dict(local_steps=2), 45),  # replica 1's share of the last batch: 1 of 5
-    ("adam", dict(local_steps=3, clip_global_norm=0.05, steps_per_loop=2), dict(local_steps=3, clip=0.05), 36),
-    ("adam", dict(local_steps=2, grad_accum_steps=2, clip_global_norm=0.05),
+    ("adam", dict(local_steps=3, global_clipnorm=0.05, steps_per_execution=2), dict(local_steps=3, clip=0.05), 36),
+    ("adam", dict(local_steps=2, gradient_accumulation_steps=2, global_clipnorm=0.05),
      dict(local_steps=2, accumulate=2, clip=0.05), 44),  # 3 steps of 2 batches, the last of 1 batch of 4
-], ids=["sgd-h2", "sgd-h4-epoch-ends-mid-round", "adam-h2-uneven", "adam-h3-clip-steps_per_loop",
+], ids=["sgd-h2", "sgd-h4-epoch-ends-mid-round", "adam-h2-uneven", "adam-h3-clip-steps_per_execution",
         "adam-h2-accumulation-clip"])
 def test_local_steps_on_two_replicas_equal_independent_runs_averaged(two_replicas, optimizer, options,
                                                                         reference, n):

@@ -37,7 +37,7 @@ def trainer_run(strategy, precision, data, *, steps):
     with strategy.scope():
         model = mlp()
     trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.01), loss="mse", strategy=strategy,
-                           mixed_precision=precision, steps_per_loop=10)
+                           mixed_precision=precision, steps_per_execution=10)
     trainer.fit(tf.data.Dataset.from_tensor_slices(data).batch(64), epochs=1, steps_per_epoch=steps, verbose=0)
     return model, trainer
 
@@ -102,7 +102,7 @@ def test_compressed_all_reduce_at_4096_x_16_trains_as_float32(two_replicas, dtyp
         with two_replicas.scope():
             model = mlp()
         trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(1e-5), loss="mse", strategy=two_replicas,
-                               grad_accum_steps=16, all_reduce_dtype=all_reduce_dtype)
+                               gradient_accumulation_steps=16, all_reduce_dtype=all_reduce_dtype)
         trainer.fit(data, epochs=1, verbose=0)
         assert int(trainer.optimizer.iterations.numpy()) == 2 and int(trainer.skipped_steps.numpy()) == 0
         return model.get_weights()
@@ -120,7 +120,7 @@ def test_the_optimizers_loss_scale_factor_is_honoured(two_replicas):
         with two_replicas.scope():
             model = mlp()
         trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.01, **optimizer_options), loss="mse",
-                               strategy=two_replicas, clip_global_norm=0.5)  # SGD: a lost factor shows
+                               strategy=two_replicas, global_clipnorm=0.5)  # SGD: a lost factor shows
         trainer.fit(tf.data.Dataset.from_tensor_slices(data).batch(64), epochs=2, verbose=0)
         return model.get_weights()
 

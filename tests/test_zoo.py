@@ -103,7 +103,7 @@ def test_trainer_accumulation_and_clipping_equal_one_larger_batch(two_replicas, 
     53 examples: the second group is 16 + 5 (the data ends mid-group), applied as the batch of 21 it is.
     """
     expected = tape_loop(name, optimizer="adam", batch=32, clip=0.3)
-    got = zoo.trainer_fit(name, two_replicas, optimizer="adam", grad_accum_steps=2, clip_global_norm=0.3)
+    got = zoo.trainer_fit(name, two_replicas, optimizer="adam", gradient_accumulation_steps=2, global_clipnorm=0.3)
     assert zoo.largest_difference(expected, got) < TOLERANCE
 
 
@@ -239,7 +239,7 @@ for name in zoo.FAMILIES:
     report[name] = {"fit": [w.tolist() for w in zoo.fit(name, strategy, optimizer="adam")],
                     "trainer": [w.tolist() for w in zoo.trainer_fit(name, strategy, optimizer="adam")]}
 report["tagger_accumulated"] = [w.tolist() for w in zoo.trainer_fit(
-    "tagger", strategy, optimizer="adam", grad_accum_steps=2, clip_global_norm=0.3)]
+    "tagger", strategy, optimizer="adam", gradient_accumulation_steps=2, global_clipnorm=0.3)]
 print("RESULT " + json.dumps(report))
 """
 

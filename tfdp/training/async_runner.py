@@ -2,7 +2,7 @@
 
 The Trainer's outer loop (trainer.py) owns epochs, callbacks, checkpoints, summaries,
 preemption and resume, as for synchronous steps. This runner schedules chunks of
-`steps_per_loop` steps on the workers through the ClusterCoordinator: every chunk of an
+`steps_per_execution` steps on the workers through the ClusterCoordinator: every chunk of an
 epoch is in flight at once, and the loop takes their results in order, so the progress
 bar and `on_train_batch_end` follow the steps as they complete. At the end of each epoch
 it waits for every scheduled step and logs the staleness histogram. An epoch is

@@ -40,13 +40,13 @@ def is_parameter_server(strategy) -> bool:
     return isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
 
 
-def check_options(*, max_staleness, mixed_precision, grad_accum_steps, local_steps, all_reduce_dtype,
+def check_options(*, max_staleness, mixed_precision, gradient_accumulation_steps, local_steps, all_reduce_dtype,
                   compute_loss, save_every_steps) -> None:
     """What the asynchronous loop does not do, as ConfigErrors naming the option."""
     check_whole("max_staleness", max_staleness, call="Trainer", minimum=0, allow_none=True,
                 meaning="the updates another step may have begun since this one read the weights; None: no bound")
     unsupported = {"mixed_precision=\"mixed_float16\"": mixed_precision == "mixed_float16",
-                   f"grad_accum_steps={grad_accum_steps}": grad_accum_steps != 1,
+                   f"gradient_accumulation_steps={gradient_accumulation_steps}": gradient_accumulation_steps != 1,
                    f"local_steps={local_steps}": local_steps != 1,
                    f"all_reduce_dtype=\"{all_reduce_dtype}\"": all_reduce_dtype != "float32",
                    "compute_loss": compute_loss is not None,
@@ -86,14 +86,14 @@ class AsyncSteps:
         model, optimizer, strategy: the Trainer's (built in the strategy's scope).
         loss: the Trainer's CompiledLoss (training/losses.py).
         metrics, loss_tracker: Keras metrics (their variables live on the ps tasks).
-        clip_global_norm: clip each step's gradient to this global norm, or None.
+        global_clipnorm: clip each step's gradient to this global norm, or None.
         max_staleness: drop a step whose staleness exceeds this; None: never drop.
     """
 
-    def __init__(self, *, model, optimizer, strategy, loss, metrics, loss_tracker, clip_global_norm,
+    def __init__(self, *, model, optimizer, strategy, loss, metrics, loss_tracker, global_clipnorm,
                  max_staleness: int | None):
         self.model, self.optimizer, self.strategy, self.loss = model, optimizer, strategy, loss
-        self.metrics, self.loss_tracker, self.clip_global_norm = metrics, loss_tracker, clip_global_norm
+        self.metrics, self.loss_tracker, self.global_clipnorm = metrics, loss_tracker, global_clipnorm
         self.max_staleness = NO_LIMIT if max_staleness is None else max_staleness
         self.coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
         with strategy.scope():
@@ -127,8 +127,8 @@ class AsyncSteps:
             with tf.GradientTape() as tape:
                 loss, y, y_pred = self.loss_and_outputs(batch, training=True)
             grads = tape.gradient(loss, self.model.trainable_variables)
-        if self.clip_global_norm:
-            grads = gradients.clip_by_global_norm(grads, self.clip_global_norm)
+        if self.global_clipnorm:
+            grads = gradients.clip_by_global_norm(grads, self.global_clipnorm)
         self._update_metrics(loss, y, y_pred)
         return read, grads
 

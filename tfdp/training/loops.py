@@ -3,7 +3,7 @@
 Each loop reads its batches with `get_next_as_optional` and stops when the data ends,
 returning how many steps it ran and how many batches it read: the Trainer's step count
 and data position come from there, never from the optimizer (whose `iterations` counts
-the updates applied). A final group of fewer than `grad_accum_steps` batches is applied
+the updates applied). A final group of fewer than `gradient_accumulation_steps` batches is applied
 as the smaller batch it is, so every example counts once per epoch.
 """
 
@@ -14,7 +14,7 @@ import tensorflow as tf
 from tfdp.training.replica_step import ReplicaStep
 
 
-def train_loop(step: ReplicaStep, strategy: tf.distribute.Strategy, grad_accum_steps: int):
+def train_loop(step: ReplicaStep, strategy: tf.distribute.Strategy, gradient_accumulation_steps: int):
     """fn(iterator, max_steps) -> (steps run, batches read), as one tf.function."""
 
     @tf.function
@@ -26,7 +26,7 @@ def train_loop(step: ReplicaStep, strategy: tf.distribute.Strategy, grad_accum_s
                 break
             accumulated = strategy.run(step.micro_step, args=(optional.get_value(),))
             batches += 1
-            for _ in range(grad_accum_steps - 1):  # unrolled: K is small and fixed
+            for _ in range(gradient_accumulation_steps - 1):  # unrolled: K is small and fixed
                 optional = iterator.get_next_as_optional()
                 has_value = optional.has_value()
                 accumulated = tf.cond(

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
+import warnings
+from collections.abc import Callable, Mapping
 
 import keras
 
-from tfdp.errors import ConfigError
+from tfdp.errors import ConfigError, did_you_mean
 from tfdp.roles import num_workers
+
+
+# tfdp's first names for what Keras already names: still accepted, with a DeprecationWarning.
+RENAMED = {"grad_accum_steps": "gradient_accumulation_steps", "clip_global_norm": "global_clipnorm",
+           "steps_per_loop": "steps_per_execution"}
+
+
+def renamed_options(given: Mapping[str, object], *, call: str, signature_of: Callable) -> dict[str, object]:
+    """The new names' values for options given under their old names (each with a DeprecationWarning).
+
+    Raises:
+        ConfigError: an option no name of `signature_of` knows, with the nearest name.
+    """
+    known = [name for name in inspect.signature(signature_of).parameters if name not in ("self", "old_names")]
+    values = {}
+    for old, value in given.items():
+        if old not in RENAMED:
+            raise ConfigError(f"{call}({old}=...): no such option.{did_you_mean(old, [*known, *RENAMED])} "
+                              f"The options: {', '.join(known)}.")
+        warnings.warn(f"{call}({old}=...) is now {RENAMED[old]}=..., Keras's name for it; the old name will go.",
+                      DeprecationWarning, stacklevel=3)
+        values[RENAMED[old]] = value
+    return values
 
 
 def check_optimizer(optimizer) -> None:
@@ -17,8 +43,8 @@ def check_optimizer(optimizer) -> None:
     if optimizer.gradient_accumulation_steps:
         raise ConfigError(f"Trainer(optimizer=...(gradient_accumulation_steps="
                           f"{optimizer.gradient_accumulation_steps})): the Trainer accumulates with one "
-                          "all-reduce per update. Fix: pass "
-                          f"grad_accum_steps={optimizer.gradient_accumulation_steps} to the Trainer instead.")
+                          "all-reduce per update. Fix: pass gradient_accumulation_steps="
+                          f"{optimizer.gradient_accumulation_steps} to the Trainer instead.")
 
 
 def verbosity(verbose) -> int:

@@ -36,7 +36,7 @@ class ReplicaStep:
             SUM-on-read state is exact), or None.
         loss_tracker: a keras.metrics.Mean of each step's loss (as one device computes it).
         loss_scale: the float16 loss scale, or None.
-        clip_global_norm: clip the reduced gradient to this global norm, or None.
+        global_clipnorm: clip the reduced gradient to this global norm, or None.
         all_reduce_dtype: "float32", "float16" or "bfloat16".
         skipped_steps: a counter of steps skipped for non-finite gradients.
         local: local steps (each replica applies its own gradients, averages every H
@@ -45,11 +45,11 @@ class ReplicaStep:
 
     def __init__(self, *, model: keras.Model, optimizer, strategy, loss: losses.CompiledLoss | None,
                  compute_loss: Callable | None, metrics, loss_tracker: keras.metrics.Mean,
-                 loss_scale: DynamicLossScale | None, clip_global_norm: float | None, all_reduce_dtype: str,
+                 loss_scale: DynamicLossScale | None, global_clipnorm: float | None, all_reduce_dtype: str,
                  skipped_steps: tf.Variable, local: LocalSteps | None = None):
         self.model, self.optimizer, self.strategy, self.loss = model, optimizer, strategy, loss
         self.compute_loss, self.metrics, self.loss_tracker = compute_loss, metrics, loss_tracker
-        self.loss_scale, self.clip_global_norm = loss_scale, clip_global_norm
+        self.loss_scale, self.global_clipnorm = loss_scale, global_clipnorm
         self.all_reduce_dtype, self.skipped_steps, self.local = all_reduce_dtype, skipped_steps, local
         # Only a float16 loss scale or a compressed all-reduce can make a step non-finite
         # that float32 would not; Keras applies a non-finite float32 step, and so do we.
@@ -161,8 +161,8 @@ class ReplicaStep:
         self._track(grads_by_term, scalars, scalars[-1])
         grads, _ = all_reduce.mean_gradients(list(grads_by_term.values()), scalars, self._counts_at(grads_by_term),
                                              replicas=1)
-        if self.clip_global_norm:
-            grads = gradients.clip_by_global_norm(grads, self.clip_global_norm)
+        if self.global_clipnorm:
+            grads = gradients.clip_by_global_norm(grads, self.global_clipnorm)
         finite = gradients.all_finite(grads) if self.checks_finite else None
         factor = self.optimizer.loss_scale_factor
         if factor is not None:  # the optimizer divides by it again
@@ -203,7 +203,7 @@ class ReplicaStep:
         grads = [first(g) for g in grads]
 
         def apply():
-            clipped = gradients.clip_by_global_norm(grads, self.clip_global_norm) if self.clip_global_norm else grads
+            clipped = gradients.clip_by_global_norm(grads, self.global_clipnorm) if self.global_clipnorm else grads
             factor = self.optimizer.loss_scale_factor
             if factor is not None:  # the optimizer divides by it again
                 clipped = [gradients.scale(g, factor) for g in clipped]

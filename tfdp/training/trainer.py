@@ -43,8 +43,8 @@ class Trainer:
         model: a Keras model built in `strategy.scope()`.
         optimizer: a Keras optimizer (created in scope or not; built here). Not a
             LossScaleOptimizer (use mixed_precision) and without
-            gradient_accumulation_steps (use grad_accum_steps); its `loss_scale_factor`
-            is honoured.
+            a gradient_accumulation_steps of its own (give it to the Trainer); its
+            `loss_scale_factor` is honoured.
         loss: what model.compile takes: a Keras loss (name or object) or fn(y_true, y_pred)
             -> per-example loss, for every output; {output name: loss}; or [loss per
             output]. Reduced exactly as Keras reduces it on one device (a mask on the
@@ -59,9 +59,12 @@ class Trainer:
         mixed_precision: None, "mixed_float16" (dynamic loss scaling, as Keras's
             LossScaleOptimizer) or "mixed_bfloat16". Set it up front with
             `tfdp.training.set_mixed_precision`.
-        grad_accum_steps: micro-batches per optimizer step.
-        clip_global_norm: clip the all-reduced gradient to this global norm.
-        steps_per_loop: steps run inside one tf.function call (fewer Python round trips).
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        global_clipnorm: clip the all-reduced gradient to this global norm.
+        steps_per_execution: steps run inside one tf.function call (fewer Python round trips).
+            These three are Keras's names (compile and the optimizers); tfdp's first
+            names grad_accum_steps, clip_global_norm and steps_per_loop still work, with a
+            DeprecationWarning.
         model_dir: checkpoints (resumed by the first `fit`) and TensorBoard logs; the
             chief's are the user's, other workers write to a private temporary directory.
         all_reduce_dtype: "float32", "float16" or "bfloat16": the dtype gradients are
@@ -94,26 +97,32 @@ class Trainer:
     """
 
     def __init__(self, model: keras.Model, *, optimizer, loss=None, strategy: tf.distribute.Strategy,
-                 metrics: Sequence = (), loss_weights=None, mixed_precision: str | None = None, grad_accum_steps: int = 1,
-                 clip_global_norm: float | None = None, steps_per_loop: int = 1,
+                 metrics: Sequence = (), loss_weights=None, mixed_precision: str | None = None,
+                 gradient_accumulation_steps: int = 1, global_clipnorm: float | None = None,
+                 steps_per_execution: int = 1,
                  model_dir: str | None = None, all_reduce_dtype: str = "float32", max_checkpoints: int = 3,
                  save_every_steps: int | None = None, compute_loss: Callable | None = None,
                  local_steps: int = 1, outer_optimizer=None,
-                 summary_every_steps: int | None = None, max_staleness: int | None = None):
+                 summary_every_steps: int | None = None, max_staleness: int | None = None, **old_names):
+        renamed = options.renamed_options(old_names, call="Trainer", signature_of=Trainer.__init__)
+        gradient_accumulation_steps = renamed.get("gradient_accumulation_steps", gradient_accumulation_steps)
+        global_clipnorm = renamed.get("global_clipnorm", global_clipnorm)
+        steps_per_execution = renamed.get("steps_per_execution", steps_per_execution)
         precision.check_model_matches(model, mixed_precision)
         self.model, self.strategy = model, strategy
-        self.grad_accum_steps = check_whole("grad_accum_steps", grad_accum_steps, call="Trainer")
-        self.steps_per_loop = check_whole("steps_per_loop", steps_per_loop, call="Trainer")
+        self.gradient_accumulation_steps = check_whole("gradient_accumulation_steps", gradient_accumulation_steps,
+                                                       call="Trainer")
+        self.steps_per_execution = check_whole("steps_per_execution", steps_per_execution, call="Trainer")
         check_whole("max_checkpoints", max_checkpoints, call="Trainer")
         self.save_every_steps = check_whole("save_every_steps", save_every_steps, call="Trainer", allow_none=True)
-        self.summary_every_steps = check_whole("summary_every_steps", summary_every_steps, call="Trainer", allow_none=True)
+        self.summary_every_steps = check_whole("summary_every_steps", summary_every_steps, call="Trainer",
+                                               allow_none=True)
         self._last_summary_step = 0
         if self.save_every_steps and not model_dir:
             raise ConfigError(f"Trainer(save_every_steps={save_every_steps}): checkpoints need a place. "
                               "Fix: give model_dir too.")
-        if clip_global_norm is not None and not (isinstance(clip_global_norm, numbers.Real)
-                                                 and clip_global_norm > 0):
-            raise ConfigError(f"Trainer(clip_global_norm={clip_global_norm!r}): must be > 0, or None.")
+        if global_clipnorm is not None and not (isinstance(global_clipnorm, numbers.Real) and global_clipnorm > 0):
+            raise ConfigError(f"Trainer(global_clipnorm={global_clipnorm!r}): must be > 0, or None.")
         self.all_reduce_dtype = check_choice("Trainer(all_reduce_dtype)", all_reduce_dtype, ALL_REDUCE_DTYPES)
         self.local_steps = check_whole("local_steps", local_steps, call="Trainer")
         options.check_local_steps(self.local_steps, outer_optimizer=outer_optimizer, strategy=strategy,
@@ -125,7 +134,8 @@ class Trainer:
         asynchronous = async_steps.is_parameter_server(strategy)
         if asynchronous:
             async_steps.check_options(max_staleness=max_staleness, mixed_precision=mixed_precision,
-                                      grad_accum_steps=self.grad_accum_steps, local_steps=self.local_steps,
+                                      gradient_accumulation_steps=self.gradient_accumulation_steps,
+                                      local_steps=self.local_steps,
                                       all_reduce_dtype=self.all_reduce_dtype, compute_loss=compute_loss,
                                       save_every_steps=self.save_every_steps)
             async_steps.check_not_sharded(model)
@@ -156,11 +166,11 @@ class Trainer:
                                 loss=compiled_loss, compute_loss=compute_loss,
                                 metrics=None if compute_loss is not None else self.metrics,
                                 loss_tracker=self.loss_tracker, loss_scale=self.loss_scale,
-                                clip_global_norm=clip_global_norm, all_reduce_dtype=self.all_reduce_dtype,
+                                global_clipnorm=global_clipnorm, all_reduce_dtype=self.all_reduce_dtype,
                                 skipped_steps=self.skipped_steps, local=self.local)
         self.async_steps = async_steps.AsyncSteps(
             model=model, optimizer=self.optimizer, strategy=strategy, loss=compiled_loss,
-            metrics=self.metrics, loss_tracker=self.loss_tracker, clip_global_norm=clip_global_norm,
+            metrics=self.metrics, loss_tracker=self.loss_tracker, global_clipnorm=global_clipnorm,
             max_staleness=max_staleness) if asynchronous else None
         self._chief = is_chief(strategy)
         self.model_dir = None
@@ -174,7 +184,7 @@ class Trainer:
                                       max_checkpoints=max_checkpoints)
         self._resume_pending = self.model_dir is not None
         self._preemption: preemption.PreemptionWatch | None = None
-        self._train_loop = loops.train_loop(self.step, strategy, self.grad_accum_steps)
+        self._train_loop = loops.train_loop(self.step, strategy, self.gradient_accumulation_steps)
         self._eval_loop = loops.eval_loop(self.step, strategy)
         self._skip_loop = loops.skip_loop()
         self._predict = loops.predict_step(self.step, strategy)
@@ -333,8 +343,10 @@ class Trainer:
         return self.model.history
 
     def _chunk(self, step: int, steps_per_epoch: int | None) -> int:
-        """Steps of the next chunk: steps_per_loop, ending at the epoch's end, a step save and an averaging."""
-        chunk = self.steps_per_loop if steps_per_epoch is None else min(self.steps_per_loop, steps_per_epoch - step)
+        """Steps of the next chunk: steps_per_execution, ending at the epoch's end, a step save and an averaging."""
+        chunk = self.steps_per_execution
+        if steps_per_epoch is not None:
+            chunk = min(chunk, steps_per_epoch - step)
         if self.save_every_steps:
             chunk = min(chunk, self.save_every_steps - step % self.save_every_steps)
         if self.local_steps > 1:  # every averaging boundary ends a chunk
@@ -419,7 +431,7 @@ class Trainer:
         callback_list.on_test_begin()
         iterator, done = iter(distributed), 0
         while steps is None or done < steps:
-            chunk = self.steps_per_loop if steps is None else min(self.steps_per_loop, steps - done)
+            chunk = self.steps_per_execution if steps is None else min(self.steps_per_execution, steps - done)
             callback_list.on_test_batch_begin(done)
             read = int(self._eval_loop(iterator, tf.constant(chunk)))
             done += read
