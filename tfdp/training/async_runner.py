@@ -24,32 +24,36 @@ from tfdp.errors import ConfigError
 logger = logging.getLogger("tfdp")
 
 
+def check_steps_per_epoch(steps_per_epoch: int | None) -> None:
+    if steps_per_epoch is None:
+        raise ConfigError("Trainer.fit(steps_per_epoch=None) on a parameter_server strategy: the workers read "
+                          "their own copies of the data, so no pass over it marks an epoch. Fix: give "
+                          "steps_per_epoch (e.g. examples // global batch) and repeat() the dataset.")
+
+
+def check_metrics_resolvable(metrics, data) -> None:
+    """Metric names need the data's shapes; a dataset_fn has none on the chief."""
+    if not isinstance(data, tf.data.Dataset) and any(isinstance(m, str)
+                                                     for m in keras.tree.flatten(metrics.identifiers)):
+        raise ConfigError("Trainer(metrics=[names]) with a dataset_fn on a parameter_server strategy: names "
+                          "are resolved from the data's shapes. Fix: give keras.metrics objects.")
+
+
 class AsyncRunner:
     """Schedules the steps of one fit on the workers; every chunk of an epoch in flight.
 
     Args:
-        trainer: the Trainer (its `async_steps`, metrics, `model_dir` and `_resolve_metrics`).
+        steps: the asynchronous steps (train functions, coordinator, staleness records).
         data: a tf.data.Dataset of batches or dataset_fn(input_context) -> Dataset.
-        steps_per_epoch: steps per epoch (required).
+        summaries: the summary writer of the model_dir (the staleness histogram), or None.
         verbose: the fit's verbosity (the staleness line is printed when > 0).
     """
 
     in_flight = sys.maxsize
     batches_read = 0  # the workers read their own copies of the data: no position to keep
 
-    def __init__(self, trainer, data, *, steps_per_epoch: int | None, verbose: int):
-        if steps_per_epoch is None:
-            raise ConfigError("Trainer.fit(steps_per_epoch=None) on a parameter_server strategy: the workers read "
-                              "their own copies of the data, so no pass over it marks an epoch. Fix: give "
-                              "steps_per_epoch (e.g. examples // global batch) and repeat() the dataset.")
-        if isinstance(data, tf.data.Dataset):
-            trainer._resolve_metrics(data)
-        elif any(isinstance(m, str) for m in keras.tree.flatten(trainer.metrics.identifiers)):
-            raise ConfigError("Trainer(metrics=[names]) with a dataset_fn on a parameter_server strategy: names "
-                              "are resolved from the data's shapes. Fix: give keras.metrics objects.")
-        else:
-            trainer.metrics.build()
-        self.trainer, self.steps, self.verbose = trainer, trainer.async_steps, verbose
+    def __init__(self, steps, data, *, summaries, verbose: int):
+        self.steps, self.summaries, self.verbose = steps, summaries, verbose
         self.iterator = self.steps.per_worker_iterator(data)
         self._functions: dict[int, object] = {}
         self._histogram: dict[int, int] = {}
@@ -75,16 +79,15 @@ class AsyncRunner:
     def end_epoch(self, epoch: int) -> None:
         self.steps.coordinator.join()
         self._histogram, self._dropped = self.steps.take_histogram(), int(self.steps.dropped.numpy())
-        _log_staleness(self.trainer, epoch, self._histogram, self._dropped, verbose=self.verbose)
+        _log_staleness(self.steps.max_staleness, epoch, self._histogram, self._dropped, verbose=self.verbose)
 
     def write_summaries(self, epoch: int) -> None:
-        _write_histogram(self.trainer, self._histogram, self._dropped, epoch)
+        _write_histogram(self.summaries, self._histogram, self._dropped, epoch)
 
 
-def _log_staleness(trainer, epoch: int, histogram: dict[int, int], dropped: int, *, verbose: int) -> None:
+def _log_staleness(bound: int, epoch: int, histogram: dict[int, int], dropped: int, *, verbose: int) -> None:
     """One line per epoch: printed as the progress lines are (verbose), else logged at INFO."""
     shown = ", ".join(f"{staleness}: {count}" for staleness, count in histogram.items()) or "none"
-    bound = trainer.async_steps.max_staleness
     line = (f"tfdp: epoch {epoch + 1}: staleness of the applied updates (updates begun between a step's read of "
             f"the weights and its own) -> count: {shown}; dropped as staler than "
             f"{bound if bound >= 0 else 'no bound'}: {dropped}")
@@ -94,8 +97,7 @@ def _log_staleness(trainer, epoch: int, histogram: dict[int, int], dropped: int,
         logger.info(line)
 
 
-def _write_histogram(trainer, histogram: dict[int, int], dropped: int, epoch: int) -> None:
-    writer = trainer.model_dir.summaries if trainer.model_dir is not None else None
+def _write_histogram(writer, histogram: dict[int, int], dropped: int, epoch: int) -> None:
     if writer is None or not histogram:
         return
     values = np.repeat(np.array(list(histogram), dtype=np.float64), list(histogram.values()))
@@ -105,25 +107,25 @@ def _write_histogram(trainer, histogram: dict[int, int], dropped: int, epoch: in
     writer.flush()
 
 
-def evaluate(trainer, data, *, steps: int | None = None) -> dict:
-    """Loss and metrics of the ps-held model over `data` (batches), computed on the chief, every example once."""
+def check_evaluation_data(data) -> None:
     if not isinstance(data, tf.data.Dataset):
         raise ConfigError(f"Trainer.evaluate(data={type(data).__name__}) on a parameter_server strategy: give a "
                           "tf.data.Dataset of batches (the chief evaluates it).")
-    trainer._resolve_metrics(data)
-    trainer._reset()
+
+
+def evaluate(async_steps, data, *, steps: int | None = None) -> None:
+    """Updates the loss tracker and metrics with the ps-held model over `data` (batches), on the chief."""
     done = 0
     for batch in data:
         if steps is not None and done >= steps:
             break
-        trainer.async_steps.eval_step(batch)
+        async_steps.eval_step(batch)
         done += 1
     if not done:
         raise ConfigError("Trainer.evaluate(data): the data yields no batch. Fix: check the dataset.")
-    return trainer._logs()
 
 
-def predict(trainer, data, *, steps: int | None = None):
+def predict(model, data, *, steps: int | None = None):
     """The ps-held model's outputs for every example of `data`, in order, computed on the chief."""
     if not isinstance(data, tf.data.Dataset):
         raise ConfigError(f"Trainer.predict(data={type(data).__name__}): give a tf.data.Dataset of batches.")
@@ -132,7 +134,7 @@ def predict(trainer, data, *, steps: int | None = None):
         if steps is not None and i >= steps:
             break
         x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        outputs.append(tf.nest.map_structure(lambda t: t.numpy(), trainer.model(x, training=False)))
+        outputs.append(tf.nest.map_structure(lambda t: t.numpy(), model(x, training=False)))
     if not outputs:
         raise ConfigError("Trainer.predict(data): the data yields no batch. Fix: check the dataset.")
     return tf.nest.map_structure(lambda *parts: np.concatenate(parts, axis=0), *outputs)

@@ -304,7 +304,14 @@ class Trainer:
     def _runner(self, data, *, steps_per_epoch: int | None, verbose: int):
         """What runs the steps: asynchronous on a parameter-server strategy, else synchronous."""
         if self.async_steps is not None:
-            return async_runner.AsyncRunner(self, data, steps_per_epoch=steps_per_epoch, verbose=verbose)
+            async_runner.check_steps_per_epoch(steps_per_epoch)
+            async_runner.check_metrics_resolvable(self.metrics, data)
+            if isinstance(data, tf.data.Dataset):
+                self._resolve_metrics(data)
+            else:
+                self.metrics.build()
+            return async_runner.AsyncRunner(self.async_steps, data, summaries=self.model_dir.summaries if self.model_dir else None,
+                                            verbose=verbose)
         distributed = self._distribute(data, "fit")
         self._resolve_metrics(distributed)
         return SyncRunner(distributed=distributed, train_loop=self._train_loop, skip_loop=self._skip_loop,
@@ -421,7 +428,11 @@ class Trainer:
         """Loss (+ model.losses) and metrics over `data`, aggregated across replicas and workers."""
         check_whole("steps", steps, call="evaluate", allow_none=True)
         if self.async_steps is not None:
-            return async_runner.evaluate(self, data, steps=steps)
+            async_runner.check_evaluation_data(data)
+            self._resolve_metrics(data)
+            self._reset()
+            async_runner.evaluate(self.async_steps, data, steps=steps)
+            return self._logs()
         distributed = self._distribute(data, "evaluate")
         self._resolve_metrics(distributed)
         verbose = options.verbosity(verbose)
@@ -449,7 +460,7 @@ class Trainer:
         """The model's outputs for every example of `data` (global batches), in order, as model.predict."""
         check_whole("steps", steps, call="predict", allow_none=True)
         if self.async_steps is not None:
-            return async_runner.predict(self, data, steps=steps)
+            return async_runner.predict(self.model, data, steps=steps)
         if not isinstance(data, tf.data.Dataset):
             raise ConfigError(f"Trainer.predict(data={type(data).__name__}): give a tf.data.Dataset of GLOBAL "
                               "batches (its order is the order of the outputs).")
