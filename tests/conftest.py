@@ -15,3 +15,22 @@ NUM_TEST_REPLICAS = 2
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
     [tf.config.LogicalDeviceConfiguration() for _ in range(NUM_TEST_REPLICAS)])
+
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def two_replicas():
+    """A tfdp mirrored strategy over this process's two logical CPU devices."""
+    import tfdp
+
+    return tfdp.create_strategy("mirrored", num_cpu_replicas=NUM_TEST_REPLICAS)
+
+
+@pytest.fixture
+def dtype_policy():
+    """Sets Keras's global dtype policy for one test (`dtype_policy("mixed_float16")`); float32 after, always."""
+    yield keras.mixed_precision.set_dtype_policy
+    keras.mixed_precision.set_dtype_policy("float32")

@@ -15,11 +15,6 @@ from tfdp import data
 N = 45
 
 
-@pytest.fixture
-def two_replicas():
-    return tfdp.create_strategy("mirrored", num_cpu_replicas=2)
-
-
 def test_batch_arithmetic(two_replicas):
     assert data.per_replica_batch_size(64, two_replicas) == 32
     assert data.global_batch_size(32, two_replicas) == 64
@@ -165,7 +160,7 @@ def test_the_end_of_data_vote_is_skipped_only_where_every_worker_has_the_same_fu
     assert reports[0]["weights"] == reports[1]["weights"]
     if how == "global":  # the 5 full batches of 8, as on one device
         from tests.models import dict_data, dict_model
-        from tests.test_trainer import assert_close, plain_loop
+        from tests.reference import assert_weights_close as assert_close, plain_loop
         x, y = dict_data(n)
         expected, _ = plain_loop(dict_model, ({k: v[:40] for k, v in x.items()}, y[:40]), batch_size=8, epochs=2,
                                  optimizer="adam")

@@ -62,10 +62,8 @@ def test_clipping_applies_to_the_all_reduced_gradient(strategies, clip):
 
 
 @pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_dtype_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
+def mixed_float16(dtype_policy):
+    dtype_policy("mixed_float16")
 
 
 def test_fp16_nan_on_one_replica_skips_the_step_everywhere(strategies, mixed_float16):

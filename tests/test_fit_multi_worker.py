@@ -28,27 +28,41 @@ WORKER = """
 import json, keras, tensorflow as tf, tfdp
 from tests.models import dict_data, dict_model, train
 strategy = tfdp.create_strategy()  # "auto": TF_CONFIG names 2 workers
-report = {{"chief": tfdp.is_chief(strategy)}}
-for name, kwargs in {configs}.items():
-    model, history = train(strategy, dict_model, dict_data({n}), **eval(kwargs))
-    report[name] = {{"weights": [w.tolist() for w in model.get_weights()], "loss": history["loss"]}}
-x, y = dict_data({n})
-batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-report["evaluate"] = model.evaluate(batches, verbose=0)
-report["predict"] = model.predict(tf.data.Dataset.from_tensor_slices(x).batch(8), verbose=0).tolist()
-print("RESULT " + json.dumps(report))
+for n, configs in {cases}.items():
+    report = {{"n": n, "chief": tfdp.is_chief(strategy)}}
+    for name, kwargs in configs.items():
+        model, history = train(strategy, dict_model, dict_data(n), **eval(kwargs))
+        report[name] = {{"weights": [w.tolist() for w in model.get_weights()], "loss": history["loss"]}}
+    x, y = dict_data(n)
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    report["evaluate"] = model.evaluate(batches, verbose=0)
+    report["predict"] = model.predict(tf.data.Dataset.from_tensor_slices(x).batch(8), verbose=0).tolist()
+    print("RESULT " + json.dumps(report), flush=True)
 """
+SIZES = (45, 48)  # an uneven last batch; full batches
 
 
-@pytest.mark.parametrize("n", [45, 48])
-def test_fit_on_two_workers_equals_one_device(n):
+def configs_for(n: int) -> dict[str, str]:
     configs = {name: worker for name, (worker, _) in CONFIGS.items()}
     if n % 16:  # accumulation == a 2x batch only when every micro-batch is full
         del configs["gradient_accumulation"]
-    results = run_workers(WORKER.format(n=n, configs=configs), num_workers=2, timeout=240)
-    for r in results:
+    return configs
+
+
+@pytest.fixture(scope="module")
+def two_worker_fits():
+    """Both data sizes in one 2-worker job (one cluster, one start-up): the results of each worker."""
+    cases = {n: configs_for(n) for n in SIZES}
+    return run_workers(WORKER.format(cases=cases), num_workers=2, timeout=300)
+
+
+@pytest.mark.xdist_group("fit_two_workers")  # one job for both sizes
+@pytest.mark.parametrize("n", SIZES)
+def test_fit_on_two_workers_equals_one_device(two_worker_fits, n):
+    configs = configs_for(n)
+    for r in two_worker_fits:
         assert r.returncode == 0, r.stderr[-3000:]
-    reports = [r.json_lines()[0] for r in results]
+    reports = [next(line for line in r.json_lines() if line["n"] == n) for r in two_worker_fits]
     assert [rep["chief"] for rep in reports] == [True, False]
     one = tfdp.create_strategy("one_device", devices=["/cpu:0"])
     for name in configs:

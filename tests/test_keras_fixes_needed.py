@@ -118,15 +118,12 @@ def test_stock_keras_is_wrong_without(name, strategies, without, tmp_path):
         assert drift > 1e-3, f"stock Keras matched one device without {name}: retire the repair?"
 
 
-def test_stock_loss_scale_optimizer_applies_a_nan_seen_by_one_replica(strategies, without):
+def test_stock_loss_scale_optimizer_applies_a_nan_seen_by_one_replica(strategies, without, dtype_policy):
     """reduce_before_clip's second half: the finite check must read the reduced gradients."""
     _, two = strategies
-    keras.mixed_precision.set_dtype_policy("mixed_float16")
-    try:
-        without("reduce_before_clip")
-        model, _, _ = fp16_fit_with_a_nan_on_replica_1(two)
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
+    dtype_policy("mixed_float16")
+    without("reduce_before_clip")
+    model, _, _ = fp16_fit_with_a_nan_on_replica_1(two)
     assert not all(np.isfinite(w).all() for w in model.get_weights())
 
 

@@ -14,10 +14,9 @@ import pytest
 
 import tfdp
 from tests.models import dict_data, dict_model, train
-from tests.workers import ROOT, _env, _lines_with
+from tests.workers import LAUNCH, ROOT, _env, _lines_with, launch
 from tfdp.launch import parse_args
 
-LAUNCH = [sys.executable, "-m", "tfdp.launch"]
 SHOW_ALL = {"TFDP_CONSOLE": "all"}  # these tests read every worker's output from the launcher's
 
 # A worker without TensorFlow: says hello, then fails or sleeps as told.
@@ -35,13 +34,6 @@ if index == 1 and (mode in ("fail", "ignore-term") or (mode == "fail-once" and r
     sys.exit(3)
 time.sleep(float(sys.argv[2]))
 """
-
-
-def launch(args, *, timeout, env=None):
-    started = time.monotonic()
-    result = subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=timeout,
-                            cwd=ROOT, env=_env({**SHOW_ALL, **(env or {})}))
-    return result, time.monotonic() - started
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -93,7 +85,7 @@ def test_launcher_imports_no_tensorflow():
 
 
 def test_each_worker_gets_its_tf_config_and_a_prefixed_stream(tmp_path):
-    result, _ = launch(["--num_workers", "2", "--console", "all", "--log_dir", str(tmp_path), "--",
+    result = launch(["--num_workers", "2", "--console", "all", "--log_dir", str(tmp_path), "--",
                         sys.executable, "-c", TOY_WORKER, "ok", "0"], timeout=60)
     assert result.returncode == 0, result.stderr
     assert "[worker 0] hello 0 restart 0" in result.stdout and "[worker 1] hello 1 restart 0" in result.stdout
@@ -103,7 +95,7 @@ def test_each_worker_gets_its_tf_config_and_a_prefixed_stream(tmp_path):
 @pytest.mark.parametrize("console, shown", [("chief", [0]), ("none", [])])
 def test_console_shows_the_chief_by_default_and_log_dir_keeps_everything(tmp_path, console, shown):
     args = [] if console == "chief" else ["--console", console]
-    result, _ = launch(["--num_workers", "2", *args, "--log_dir", str(tmp_path), "--", sys.executable, "-c",
+    result = launch(["--num_workers", "2", *args, "--log_dir", str(tmp_path), "--", sys.executable, "-c",
                         TOY_WORKER, "ok", "0"], timeout=60, env={"TFDP_CONSOLE": ""})  # the default
     assert result.returncode == 0, result.stderr
     assert [i for i in (0, 1) if f"[worker {i}] hello {i}" in result.stdout] == shown
@@ -112,7 +104,7 @@ def test_console_shows_the_chief_by_default_and_log_dir_keeps_everything(tmp_pat
 
 
 def test_a_failed_worker_is_reported_even_when_the_console_hides_it():
-    result, _ = launch(["--num_workers", "2", "--grace_period", "1", "--", sys.executable, "-c", TOY_WORKER,
+    result = launch(["--num_workers", "2", "--grace_period", "1", "--", sys.executable, "-c", TOY_WORKER,
                         "fail", "30"], timeout=60, env={"TFDP_CONSOLE": ""})
     assert result.returncode == 3
     assert "[worker 1]" not in result.stdout
@@ -121,32 +113,32 @@ def test_a_failed_worker_is_reported_even_when_the_console_hides_it():
 
 def test_a_failing_worker_stops_the_job_fast_and_is_named():
     # Worker 0 would sleep 120 s and ignores SIGTERM: it is killed after the grace period.
-    result, seconds = launch(["--num_workers", "2", "--grace_period", "1", "--", sys.executable, "-c",
+    result = launch(["--num_workers", "2", "--grace_period", "1", "--", sys.executable, "-c",
                               TOY_WORKER, "ignore-term", "120"], timeout=90)
     assert result.returncode == 3
     assert "worker 1 failed first (exit code 3)" in result.stderr
     assert "giving up" in result.stderr  # the tail of its output
-    assert seconds < 30  # seconds, not the 120 s worker 0 would take
+    assert result.seconds < 30  # seconds, not the 120 s worker 0 would take
 
 
 def test_max_restarts_restarts_all_workers_with_the_same_job_id():
-    result, _ = launch(["--num_workers", "2", "--console", "all", "--max_restarts", "1", "--", sys.executable, "-c",
+    result = launch(["--num_workers", "2", "--console", "all", "--max_restarts", "1", "--", sys.executable, "-c",
                         TOY_WORKER, "fail-once", "0"], timeout=60)
     assert result.returncode == 0, result.stderr
     assert "restarting all 2 workers (restart 1 of 1)" in result.stderr
     assert "[worker 1] hello 1 restart 1" in result.stdout
     job_ids = [line.rsplit(" job ", 1)[1] for line in result.stdout.splitlines() if "] hello " in line]
     assert len(job_ids) == 4 and len(set(job_ids)) == 1  # 2 workers x 2 attempts, one job id
-    given, _ = launch(["--num_workers", "1", "--", sys.executable, "-c", TOY_WORKER, "ok", "0"], timeout=60,
+    given = launch(["--num_workers", "1", "--", sys.executable, "-c", TOY_WORKER, "ok", "0"], timeout=60,
                       env={"TFDP_JOB_ID": "my-run"})
     assert "[worker 0] hello 0 restart 0" in given.stdout and given.stdout.rstrip().endswith("job my-run")
 
 
 def test_timeout_stops_the_job():
-    result, seconds = launch(["--num_workers", "2", "--job_timeout", "2", "--grace_period", "1", "--",
+    result = launch(["--num_workers", "2", "--job_timeout", "2", "--grace_period", "1", "--",
                               sys.executable, "-c", TOY_WORKER, "ok", "120"], timeout=60)
     assert result.returncode == 124 and "--job_timeout 2 s" in result.stderr
-    assert seconds < 30
+    assert result.seconds < 30
 
 
 def _alive(pid):
@@ -262,7 +254,7 @@ def test_a_running_job_listens_on_no_interface_of_the_host(network):
                                                                                  "finite number"),
 ], ids=["missing program", "bad env", "log_dir is a file", "bad env choice", "bad env network", "NaN timeout"])
 def test_launcher_misuse_is_a_usage_error_naming_the_fix(argv, env, message):
-    result, _ = launch(argv, timeout=60, env=env)
+    result = launch(argv, timeout=60, env=env)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -271,14 +263,14 @@ def test_a_busy_port_is_found_before_any_worker_starts():
         held.bind(("0.0.0.0", 0))
         held.listen()
         port = held.getsockname()[1]
-        result, seconds = launch(["--num_workers", "1", "--network", "host", "--port", str(port), "--",
+        result = launch(["--num_workers", "1", "--network", "host", "--port", str(port), "--",
                                   sys.executable, "-c", "print('started')"], timeout=60)
     assert result.returncode == 2 and f"port(s) {port} are in use" in result.stderr
-    assert "started" not in result.stdout and seconds < 30
+    assert "started" not in result.stdout and result.seconds < 30
 
 
 def test_closing_line_names_each_worker_restarts_and_wall_time():
-    result, _ = launch(["--num_workers", "2", "--max_restarts", "1", "--", sys.executable, "-c", TOY_WORKER,
+    result = launch(["--num_workers", "2", "--max_restarts", "1", "--", sys.executable, "-c", TOY_WORKER,
                         "fail-once", "0"], timeout=120)
     assert result.returncode == 0
     closing = result.stderr.strip().splitlines()[-1]
@@ -289,9 +281,25 @@ def test_closing_line_names_each_worker_restarts_and_wall_time():
 PRIVATE_DIR_WORKER = """
 import os, sys, tempfile, time
 path = tempfile.mkdtemp(prefix="tfdp-worker-")
-print("private", path, flush=True)
+print("private", path, os.getpid(), flush=True)
 time.sleep(float(sys.argv[1]))
 """
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def wait_until(condition, *, seconds: float, what: str) -> None:
+    """Polls `condition` until it holds; fails naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        time.sleep(0.05)
 
 
 def test_a_killed_jobs_private_dirs_are_removed_at_the_next_start(tmp_path):
@@ -299,16 +307,17 @@ def test_a_killed_jobs_private_dirs_are_removed_at_the_next_start(tmp_path):
     command = [*LAUNCH, "--num_workers", "2", "--", sys.executable, "-c", PRIVATE_DIR_WORKER, "120"]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE,  # timeout: the 30 s deadline below, then SIGKILL
                                 stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env({**SHOW_ALL, **env}))
-    paths = []
+    said = []
     try:
-        paths = [line.split("private", 1)[1].strip() for line in _lines_with(launcher.stdout, "private", count=2)]
+        said = [line.split("private", 1)[1].split() for line in _lines_with(launcher.stdout, "private", count=2)]
     finally:
         launcher.kill()
         launcher.wait(timeout=30)
+    paths = [path for path, _ in said]
     assert len(paths) == 2 and all(p.startswith(str(tmp_path / "tfdp-job-")) for p in paths)
-    time.sleep(1)  # the workers die with the launcher; their directories stay behind
-    assert all(os.path.isdir(p) for p in paths)
-    result, _ = launch(["--num_workers", "1", "--", sys.executable, "-c", PRIVATE_DIR_WORKER, "0"], timeout=60,
+    wait_until(lambda: all(_gone(int(pid)) for _, pid in said), seconds=30, what="the workers die with the launcher")
+    assert all(os.path.isdir(p) for p in paths)  # their directories stay behind
+    result = launch(["--num_workers", "1", "--", sys.executable, "-c", PRIVATE_DIR_WORKER, "0"], timeout=60,
                        env=env)
     assert result.returncode == 0
     assert not [p for p in tmp_path.rglob("tfdp-worker-*")]  # the stale ones and the new job's own
@@ -320,11 +329,21 @@ from tests.models import dict_data, dict_model, train
 strategy = tfdp.create_strategy()
 backup = os.path.join(sys.argv[1], "backup")
 
+def backed_up_epoch():
+    try:
+        with open(os.path.join(backup, "training_metadata.json")) as f:
+            return json.load(f)["epoch"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
 class DieOnce(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         restart = int(os.environ["TFDP_RESTART_COUNT"])
         if epoch == 2 and restart == 0 and not tfdp.is_chief(strategy):
-            import time; time.sleep(3)  # the chief finishes its epoch-2 backup
+            import time
+            deadline = time.monotonic() + 60
+            while backed_up_epoch() < 2 and time.monotonic() < deadline:  # the chief's epoch-2 backup is written
+                time.sleep(0.05)
             os._exit(7)
 
 model, _ = train(strategy, dict_model, dict_data(45), epochs=3,
@@ -336,7 +355,7 @@ if tfdp.is_chief(strategy):
 
 
 def test_multi_worker_fit_restarts_from_its_backup_and_ends_like_an_uninterrupted_run(tmp_path):
-    result, _ = launch(["--num_workers", "2", "--max_restarts", "1", "--grace_period", "5", "--",
+    result = launch(["--num_workers", "2", "--max_restarts", "1", "--grace_period", "5", "--",
                         sys.executable, "-c", FIT_WORKER, str(tmp_path)], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "worker 1 failed first (exit code 7)" in result.stderr
@@ -360,8 +379,17 @@ class PreemptOnce(keras.callbacks.Callback):  # what a scheduler does: SIGTERM t
     def on_train_batch_end(self, batch, logs=None):
         if self.epoch == 1 and batch == 1 and tfdp.is_chief(strategy) and not os.path.exists(marker):
             open(marker, "w").close()
+            received, previous = [], signal.getsignal(signal.SIGTERM)
+
+            def note(signum, frame):  # tfdp's handler, after noting that the launcher passed it on
+                received.append(signum)
+                previous(signum, frame)
+
+            signal.signal(signal.SIGTERM, note)
             os.kill(os.getppid(), signal.SIGTERM)
-            time.sleep(3)  # the launcher passes it on to both workers meanwhile
+            deadline = time.monotonic() + 60
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.01)
 
 model, _ = train(strategy, dict_model, dict_data(45), epochs=3, optimizer=lambda: keras.optimizers.Adam(0.01),
                  fit_kwargs=dict(callbacks=[keras.callbacks.BackupAndRestore(os.path.join(sys.argv[1], "backup")),
@@ -375,12 +403,12 @@ if tfdp.is_chief(strategy):
 def test_sigterm_during_multi_worker_fit_saves_a_backup_and_the_rerun_ends_like_an_uninterrupted_run(tmp_path):
     args = ["--num_workers", "2", "--grace_period", "60", "--", sys.executable, "-c", PREEMPTED_FIT_WORKER,
             str(tmp_path)]
-    first, _ = launch(args, timeout=300)
+    first = launch(args, timeout=300)
     assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
     assert "preempted (SIGTERM): saved epoch 1 step" in first.stdout
     assert "worker 0 exit code 75, worker 1 exit code 75" in first.stderr  # both saved and exited
     assert not (tmp_path / "weights.json").exists()
-    second, _ = launch(args, timeout=300)
+    second = launch(args, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     reference, _ = train(tfdp.create_strategy("one_device", devices=["/cpu:0"]), dict_model, dict_data(45),
                          epochs=3, optimizer=lambda: keras.optimizers.Adam(0.01))
@@ -408,7 +436,7 @@ except tf.errors.DeadlineExceededError:
 
 
 def test_a_stuck_worker_ends_the_job_through_the_collective_timeout():
-    result, seconds = launch(["--num_workers", "2", "--grace_period", "2", "--", sys.executable, "-c",
+    result = launch(["--num_workers", "2", "--grace_period", "2", "--", sys.executable, "-c",
                               STUCK_WORKER, "5"], timeout=120)
     assert result.returncode == 5
     assert "worker 0 failed first (exit code 5)" in result.stderr
@@ -417,7 +445,7 @@ def test_a_stuck_worker_ends_the_job_through_the_collective_timeout():
     sleep_line = 1 + STUCK_WORKER.splitlines().index("            time.sleep(600)  # alive, but never joins the next collective")
     assert ("the cause is worker 1: it was still running, outside the collective its peers timed out in, at: "
             f'File "<string>", line {sleep_line} in <module>') in result.stderr, result.stderr[-3000:]
-    assert seconds < 60  # not the 600 s the stuck worker would sit there
+    assert result.seconds < 60  # not the 600 s the stuck worker would sit there
 
 
 LOOPING_WORKER = """
@@ -488,7 +516,7 @@ print(f"worker {index} sees {os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}"
     ("0,1", ["--gpus_per_worker", "0"], ["''", "''"]),  # CPU only
 ], ids=["two each", "automatic", "none"])
 def test_each_worker_sees_its_own_gpus(visible, argv, expected):
-    result, _ = launch(["--num_workers", "2", *argv, "--", sys.executable, "-c", GPU_WORKER], timeout=60,
+    result = launch(["--num_workers", "2", *argv, "--", sys.executable, "-c", GPU_WORKER], timeout=60,
                        env={"CUDA_VISIBLE_DEVICES": visible})
     assert result.returncode == 0, result.stderr
     for index, gpus in enumerate(expected):
@@ -497,9 +525,9 @@ def test_each_worker_sees_its_own_gpus(visible, argv, expected):
 
 def test_no_gpus_leaves_cuda_visible_devices_alone_and_too_many_is_a_usage_error():
     env = {"CUDA_VISIBLE_DEVICES": ""}
-    result, _ = launch(["--num_workers", "2", "--", sys.executable, "-c", GPU_WORKER], timeout=60, env=env)
+    result = launch(["--num_workers", "2", "--", sys.executable, "-c", GPU_WORKER], timeout=60, env=env)
     assert result.returncode == 0 and "worker 1 sees ''" in result.stdout
-    result, _ = launch(["--num_workers", "2", "--gpus_per_worker", "1", "--", sys.executable, "-c", GPU_WORKER],
+    result = launch(["--num_workers", "2", "--gpus_per_worker", "1", "--", sys.executable, "-c", GPU_WORKER],
                        timeout=60, env=env)
     assert result.returncode == 2 and "--gpus_per_worker 1: 2 workers x 1 GPUs need 2 and 0 are visible" in result.stderr
 
@@ -514,13 +542,13 @@ print(f"worker {index} cores {sorted(os.sched_getaffinity(0))} threads {os.envir
 
 def test_workers_are_pinned_to_their_own_cores_when_they_fit():
     cores = sorted(os.sched_getaffinity(0))
-    result, _ = launch(["--num_workers", "2", "--threads_per_worker", "1", "--pin", "auto", "--",
+    result = launch(["--num_workers", "2", "--threads_per_worker", "1", "--pin", "auto", "--",
                         sys.executable, "-c", AFFINITY_WORKER], timeout=60)
     assert result.returncode == 0, result.stderr
     if len(cores) >= 2:
         assert f"worker 0 cores [{cores[0]}] threads 1" in result.stdout
         assert f"worker 1 cores [{cores[1]}] threads 1" in result.stdout
-    unpinned, _ = launch(["--num_workers", "2", "--threads_per_worker", "1", "--",  # default: off
+    unpinned = launch(["--num_workers", "2", "--threads_per_worker", "1", "--",  # default: off
                           sys.executable, "-c", AFFINITY_WORKER], timeout=60)
     assert f"worker 1 cores {cores} threads 1" in unpinned.stdout
 
@@ -539,6 +567,6 @@ def test_fixed_ports_are_the_ones_in_tf_config():
     if base > 65000:
         base = 40000
     code = "import json, os; print('addresses', json.loads(os.environ['TF_CONFIG'])['cluster']['worker'])"
-    result, _ = launch(["--num_workers", "2", "--port", str(base), "--", sys.executable, "-c", code], timeout=60)
+    result = launch(["--num_workers", "2", "--port", str(base), "--", sys.executable, "-c", code], timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"addresses ['127.0.0.1:{base}', '127.0.0.1:{base + 1}']" in result.stdout

@@ -13,88 +13,83 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 import tfdp
-from tests.models import OPTIMIZERS, dict_data, dict_model
-from tests.workers import ROOT, _env, _lines_with, run_processes
+from tests.models import dict_model
+from tests.reference import assert_weights_close, repeated_loop
+from tests.workers import LAUNCH, ROOT, _env, _lines_with, launch, run_processes
 from tfdp.cluster import TFConfig
 from tfdp.launch import free_ports
 
-LAUNCH = [sys.executable, "-m", "tfdp.launch"]
 BATCH, STEPS, EPOCHS, EXAMPLES = 8, 5, 2, 44  # 44 examples: the repeated data ends mid-batch every 5.5 steps
 
 # The chief's program (every task runs it; workers and ps serve inside create_strategy).
+# OPTIONS: one run's options, or a list of runs, trained one after the other on the same
+# cluster (each with a model of its own), each printing its RESULT line.
 CHIEF = """
 import json, os, sys
 import numpy as np, keras, tensorflow as tf, tfdp
 from tests.models import OPTIMIZERS, dict_data, dict_model
 strategy = tfdp.create_strategy("parameter_server")
-options = json.loads(os.environ.get("OPTIONS", "{}"))
-keras.utils.set_random_seed(7)
-with strategy.scope():
-    model = dict_model()
-x, y = dict_data(options.get("examples", 44))
-data = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8)
-trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS[options.get("optimizer", "adam")](), loss="mse",
-                       strategy=strategy, max_staleness=options.get("max_staleness"),
-                       global_clipnorm=options.get("clip"), steps_per_execution=options.get("steps_per_execution", 1),
-                       model_dir=options.get("model_dir"))
-history = trainer.fit(data, epochs=options.get("epochs", 2), steps_per_epoch=options.get("steps", 5), verbose=2)
-print("RESULT " + json.dumps({"weights": [w.tolist() for w in model.get_weights()],
-                              "iterations": int(trainer.optimizer.iterations.numpy()),
-                              "loss": history.history["loss"]}), flush=True)
+runs = json.loads(os.environ.get("OPTIONS", "{}"))
+for options in runs if isinstance(runs, list) else [runs]:
+    keras.utils.set_random_seed(7)
+    with strategy.scope():
+        model = dict_model()
+    x, y = dict_data(options.get("examples", 44))
+    data = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8)
+    trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS[options.get("optimizer", "adam")](), loss="mse",
+                           strategy=strategy, max_staleness=options.get("max_staleness"),
+                           global_clipnorm=options.get("clip"),
+                           steps_per_execution=options.get("steps_per_execution", 1),
+                           model_dir=options.get("model_dir"))
+    history = trainer.fit(data, epochs=options.get("epochs", 2), steps_per_epoch=options.get("steps", 5), verbose=2)
+    print("RESULT " + json.dumps({"options": options, "weights": [w.tolist() for w in model.get_weights()],
+                                  "iterations": int(trainer.optimizer.iterations.numpy()),
+                                  "loss": history.history["loss"]}), flush=True)
 """
 
 
-def launch(args, *, env=None, timeout=240):
-    return subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=_env({"TFDP_CONSOLE": "all", **(env or {})}))
-
-
-def reference(optimizer: str, *, steps: int, clip=None):
-    """The independent one-device loop: the same batches in order, GradientTape + the Keras optimizer."""
-    keras.utils.set_random_seed(7)
-    model = dict_model()
-    opt = OPTIMIZERS[optimizer]()
-    x, y = dict_data(EXAMPLES)
-    batches = iter(tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(BATCH))
-    for _ in range(steps):
-        xb, yb = next(batches)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(keras.losses.mean_squared_error(yb, model(xb, training=True))) + tf.add_n(model.losses)
-        grads = tape.gradient(loss, model.trainable_variables)
-        if clip:
-            grads, _ = tf.clip_by_global_norm(grads, clip)
-        opt.apply(grads, model.trainable_variables)
-    return model.get_weights(), int(opt.iterations.numpy())
+def results_of(output: str) -> list[dict]:
+    """Every RESULT line the chief printed, in order."""
+    return [json.loads(line.split("RESULT ", 1)[1]) for line in output.splitlines() if "RESULT " in line]
 
 
 def result_of(output: str) -> dict:
-    return json.loads(next(line.split("RESULT ", 1)[1] for line in output.splitlines() if "RESULT " in line))
+    return results_of(output)[0]
 
 
-@pytest.mark.parametrize("optimizer, clip", [("adam", None), ("sgd", 0.5)])
-def test_one_worker_with_max_staleness_0_equals_one_device(optimizer, clip):
-    options = {"optimizer": optimizer, "max_staleness": 0, "clip": clip, "steps_per_execution": 2}
-    result = launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "200", "--", sys.executable, "-c", CHIEF],
-                    env={"OPTIONS": json.dumps(options)})
+SEQUENTIAL = {"adam-None": ("adam", None), "sgd-0.5": ("sgd", 0.5)}
+
+
+@pytest.fixture(scope="module")
+def sequential_runs():
+    """Both optimizers' runs, one after the other on one cluster of a chief, 1 worker and 1 ps."""
+    runs = [{"optimizer": optimizer, "max_staleness": 0, "clip": clip, "steps_per_execution": 2}
+            for optimizer, clip in SEQUENTIAL.values()]
+    return launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "300", "--", sys.executable, "-c", CHIEF],
+                  env={"OPTIONS": json.dumps(runs)}, timeout=360)
+
+
+@pytest.mark.xdist_group("ps_sequential")  # one cluster for both
+@pytest.mark.parametrize("optimizer, clip", SEQUENTIAL.values(), ids=SEQUENTIAL.keys())
+def test_one_worker_with_max_staleness_0_equals_one_device(sequential_runs, optimizer, clip):
+    result = sequential_runs
     assert result.returncode == 0, result.stderr[-3000:]
-    report = result_of(result.stdout)
-    expected, iterations = reference(optimizer, steps=STEPS * EPOCHS, clip=clip)
+    report = next(r for r in results_of(result.stdout) if r["options"]["optimizer"] == optimizer)
+    expected, iterations = repeated_loop(optimizer, examples=EXAMPLES, batch_size=BATCH, steps=STEPS * EPOCHS,
+                                         clip=clip)
     assert report["iterations"] == iterations == 10
-    for got, want in zip(report["weights"], expected):
-        np.testing.assert_allclose(np.array(got), want, atol=1e-5)
+    assert_weights_close(report["weights"], expected)
     assert "staleness of the applied updates" in result.stdout and "-> count: 0: 5" in result.stdout
 
 
 def test_two_workers_report_staleness_and_drop_what_exceeds_the_bound(tmp_path):
     options = {"optimizer": "sgd", "max_staleness": 1, "steps": 30, "epochs": 1, "model_dir": str(tmp_path)}
     result = launch(["--num_workers", "2", "--num_ps", "1", "--job_timeout", "200", "--", sys.executable, "-c", CHIEF],
-                    env={"OPTIONS": json.dumps(options)})
+                    env={"OPTIONS": json.dumps(options)}, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if "staleness of the applied updates" in line)
     histogram = dict(pair.split(": ") for pair in line.split("-> count: ")[1].split("; dropped")[0].split(", "))
@@ -137,7 +132,8 @@ for repaired in (True, False):
     except Exception as e:
         print("REPAIRED" if repaired else "STOCK", type(e).__name__, str(e).replace(chr(10), " ")[:400], flush=True)
 """
-    result = launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "120", "--", sys.executable, "-c", program])
+    result = launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "120", "--",
+                     sys.executable, "-c", program], timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     repaired = next(line for line in result.stdout.splitlines() if "REPAIRED" in line)
     stock = next(line for line in result.stdout.splitlines() if "STOCK" in line)
@@ -209,7 +205,8 @@ for repaired in (True, False):
     coordinator.join()
     print("REPAIRED" if repaired else "STOCK", int(counter.numpy()), flush=True)
 """
-    result = launch(["--num_workers", "2", "--num_ps", "1", "--job_timeout", "120", "--", sys.executable, "-c", program])
+    result = launch(["--num_workers", "2", "--num_ps", "1", "--job_timeout", "120", "--",
+                     sys.executable, "-c", program], timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = dict(line.split("] ", 1)[1].split() for line in result.stdout.splitlines()
                   if "] REPAIRED" in line or "] STOCK" in line)
@@ -217,31 +214,45 @@ for repaired in (True, False):
     assert int(counts["STOCK"]) < 1000  # increments lost
 
 
-# A parameter-server job without TensorFlow: the chief works 4 s; a task fails as told on the first attempt.
+# A parameter-server job without TensorFlow: a task fails as told on the first attempt (after
+# leaving its pid in a file); the chief works until the launcher has reaped that task (its pid
+# is gone), then ends; the other tasks serve until stopped.
 TOY_JOB = """
 import json, os, sys, time
 task = json.loads(os.environ["TF_CONFIG"])["task"]
 name, attempt = f"{task['type']} {task['index']}", int(os.environ["TFDP_RESTART_COUNT"])
+failing = os.path.join(sys.argv[2], "failing.pid")
 print(f"started {name} attempt {attempt}", flush=True)
 if name == sys.argv[1] and attempt == 0:
-    time.sleep(1)
+    with open(failing + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(failing + ".tmp", failing)
     sys.exit(3)
-time.sleep(4 if task["type"] == "chief" else 120)
+if task["type"] != "chief":
+    time.sleep(120)
+deadline = time.monotonic() + 50
+while time.monotonic() < deadline:
+    try:
+        os.kill(int(open(failing).read()), 0)  # a zombie answers until the launcher reaps it
+    except (OSError, ValueError):
+        if os.path.exists(failing):
+            break
+    time.sleep(0.05)
 """
 
 
-def test_a_lost_worker_without_restarts_left_leaves_the_job_to_the_others():
+def test_a_lost_worker_without_restarts_left_leaves_the_job_to_the_others(tmp_path):
     result = launch(["--num_workers", "2", "--num_ps", "1", "--grace_period", "1", "--", sys.executable, "-c",
-                     TOY_JOB, "worker 1"], timeout=60)
+                     TOY_JOB, "worker 1", str(tmp_path)], timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tfdp-launch: worker 1 lost (exit code 3); no restart left (--max_restarts 0): the job goes on" in \
         result.stderr
     assert "chief exit code 0" in result.stderr and "[chief] started chief 0 attempt 0" in result.stdout
 
 
-def test_a_failed_ps_restarts_the_whole_job():
+def test_a_failed_ps_restarts_the_whole_job(tmp_path):
     result = launch(["--num_workers", "1", "--num_ps", "1", "--max_restarts", "1", "--grace_period", "1", "--",
-                     sys.executable, "-c", TOY_JOB, "ps 0"], timeout=60)
+                     sys.executable, "-c", TOY_JOB, "ps 0", str(tmp_path)], timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tfdp-launch: ps 0 failed first (exit code 3)" in result.stderr
     assert "restarting the whole job (chief, 1 workers, 1 ps) (restart 1 of 1)" in result.stderr
@@ -324,7 +335,8 @@ try:
 except tfdp.ConfigError as e:
     print("ERROR", e, flush=True)
 """
-    result = launch(["--num_workers", "1", "--num_ps", "2", "--job_timeout", "120", "--", sys.executable, "-c", program])
+    result = launch(["--num_workers", "1", "--num_ps", "2", "--job_timeout", "120", "--",
+                     sys.executable, "-c", program], timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[chief] ERROR Trainer: sequential/table/embeddings is sharded over the ps tasks" in result.stdout
     assert "Keras 3 layers cannot use sharded variables" in result.stdout

@@ -7,10 +7,12 @@ import pytest
 
 import tfdp
 from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model, train
-from tests.test_trainer import assert_close, plain_loop
+from tests.reference import assert_weights_close as assert_close, plain_loop
 from tests.workers import run_python
 
-# The Ray driver: starts a local Ray cluster, trains on 2 workers, shuts the cluster down.
+# The Ray driver: starts one local Ray cluster, trains each case on 2 workers in turn (each
+# case in a directory of its own: its own backup, checkpoints and kill marker), prints one
+# RESULT line per case, shuts the cluster down.
 DRIVER = """
 import json, os, sys
 import ray
@@ -65,29 +67,43 @@ def train_loop(config):
             json.dump({"weights": [w.tolist() for w in model.get_weights()], "iterations": iterations,
                        "keras": keras.__version__, "legacy": os.environ.get("TF_USE_LEGACY_KERAS")}, f)
 
-out = sys.argv[1]
-config = json.loads(sys.argv[2])
 ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
 try:
-    result = TensorflowTrainer(
-        train_loop, train_loop_config={**config, "out": out},
-        scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(storage_path=os.path.join(out, "ray_results"), name="tfdp",
-                             failure_config=FailureConfig(max_failures=1)),
-    ).fit()
-    print("RESULT " + json.dumps({"metrics": result.metrics, "checkpoint": result.checkpoint is not None,
-                                  "error": repr(result.error) if result.error else None}))
+    for out, config in json.loads(sys.argv[1]):
+        try:  # a case that fails is reported as such; the next one still runs
+            result = TensorflowTrainer(
+                train_loop, train_loop_config={**config, "out": out},
+                scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
+                run_config=RunConfig(storage_path=os.path.join(out, "ray_results"), name="tfdp",
+                                     failure_config=FailureConfig(max_failures=1)),
+            ).fit()
+            report = {"metrics": result.metrics, "checkpoint": result.checkpoint is not None,
+                      "error": repr(result.error) if result.error else None}
+        except Exception as e:
+            report = {"metrics": {}, "checkpoint": False, "error": repr(e)}
+        print("RESULT " + json.dumps({"out": out, **report}), flush=True)
 finally:
     ray.shutdown()
 """
 
+CASES = {"fit": ("fit", False), "fit-worker-killed": ("fit", True), "trainer-worker-killed": ("trainer", True)}
 
-@pytest.mark.parametrize("loop,kill", [("fit", False), ("fit", True), ("trainer", True)],
-                         ids=["fit", "fit-worker-killed", "trainer-worker-killed"])
-def test_ray_train_with_tfdp_equals_one_device(tmp_path, loop, kill):
-    result = run_python(DRIVER, args=(str(tmp_path), json.dumps({"loop": loop, "kill": kill})), timeout=420)
+
+@pytest.fixture(scope="module")
+def ray_runs(tmp_path_factory):
+    """The three cases, one after the other in one local Ray cluster: {case: (its directory, driver result)}."""
+    dirs = {case: tmp_path_factory.mktemp(case) for case in CASES}
+    runs = [(str(dirs[case]), {"loop": loop, "kill": kill}) for case, (loop, kill) in CASES.items()]
+    result = run_python(DRIVER, args=(json.dumps(runs),), timeout=900)
+    return {case: (dirs[case], result) for case in CASES}
+
+
+@pytest.mark.xdist_group("ray")  # one Ray cluster for the three cases
+@pytest.mark.parametrize("case", CASES)
+def test_ray_train_with_tfdp_equals_one_device(ray_runs, case):
+    (loop, kill), (tmp_path, result) = CASES[case], ray_runs[case]
     assert result.returncode == 0, result.stderr[-4000:]
-    report = result.json_lines()[0]
+    report = next(line for line in result.json_lines() if line["out"] == str(tmp_path))
     assert report["error"] is None and report["checkpoint"]
     assert report["metrics"]["epoch"] == 2  # the chief's last report: the third epoch
     assert (tmp_path / "killed").exists() == kill

@@ -13,40 +13,8 @@ import tensorflow as tf
 
 import tfdp
 from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model
+from tests.reference import assert_weights_close as assert_close, plain_loop
 from tests.workers import ROOT, _env, run_python, run_workers
-
-
-def plain_loop(make_model, data, *, batch_size, epochs, clip=None, optimizer="sgd", accumulate=1,
-               steps_per_epoch=None):
-    """One device, the textbook way: mean loss + model.losses over each optimizer step's examples.
-
-    `accumulate` batches make one step (a final smaller group is a smaller step);
-    `steps_per_epoch` reads the data again whenever it ends.
-    """
-    x, y = data
-    keras.utils.set_random_seed(7)
-    model = make_model()
-    opt = OPTIMIZERS[optimizer]()
-    groups = [list(range(i, min(i + batch_size * accumulate, len(y))))
-              for i in range(0, len(y), batch_size * accumulate)]
-    if steps_per_epoch:
-        groups = [groups[i % len(groups)] for i in range(steps_per_epoch * epochs)]
-        epochs = 1
-    for _ in range(epochs):
-        for index in groups:
-            textbook_step(model, opt, {k: v[index] for k, v in x.items()}, y[index], clip=clip)
-    return model.get_weights(), int(opt.iterations.numpy())
-
-
-def textbook_step(model, opt, x, y, *, clip=None):
-    """One optimizer step on one device: the mean mse + model.losses, clipped by global norm."""
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(keras.losses.mean_squared_error(y, model(x, training=True)))
-        loss += tf.add_n(model.losses)
-    grads = tape.gradient(loss, model.trainable_variables)
-    if clip:
-        grads, _ = tf.clip_by_global_norm(grads, clip)
-    opt.apply_gradients(zip(grads, model.trainable_variables))
 
 
 def run_trainer(strategy, data, *, epochs=2, batch_size=GLOBAL_BATCH, optimizer="sgd", steps_per_epoch=None,
@@ -59,16 +27,6 @@ def run_trainer(strategy, data, *, epochs=2, batch_size=GLOBAL_BATCH, optimizer=
     history = trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size), epochs=epochs,
                           steps_per_epoch=steps_per_epoch, verbose=0)
     return model, history.history, trainer
-
-
-@pytest.fixture
-def two_replicas():
-    return tfdp.create_strategy("mirrored", num_cpu_replicas=2)
-
-
-def assert_close(weights, expected):
-    for got, want in zip(weights, expected):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
 # name -> (Trainer options, plain_loop options, examples). 45 examples in batches of 8: an
@@ -320,16 +278,13 @@ def test_float32_applies_a_non_finite_step_as_keras_does(two_replicas, replicas)
     assert not np.isfinite(model.get_weights()[0]).any()
 
 
-def test_bfloat16_and_compressed_all_reduce_train_close_to_float32(two_replicas):
+def test_bfloat16_and_compressed_all_reduce_train_close_to_float32(two_replicas, dtype_policy):
     reference, _, _ = run_trainer(two_replicas, dict_data(45))
     compressed, _, _ = run_trainer(two_replicas, dict_data(45), all_reduce_dtype="bfloat16")
     drift = max(np.abs(a - b).max() for a, b in zip(reference.get_weights(), compressed.get_weights()))
     assert 0 < drift < 0.05  # rounded, not broken
     tfdp.training.set_mixed_precision("mixed_bfloat16")
-    try:
-        mixed, history, trainer = run_trainer(two_replicas, dict_data(45), mixed_precision="mixed_bfloat16")
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
+    mixed, history, trainer = run_trainer(two_replicas, dict_data(45), mixed_precision="mixed_bfloat16")
     assert trainer.loss_scale is None and history["loss"][1] < history["loss"][0]
     assert mixed.layers[-1].compute_dtype == "bfloat16"
 

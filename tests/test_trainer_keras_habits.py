@@ -11,11 +11,6 @@ import tfdp
 from tests.models import GLOBAL_BATCH, dict_data, dict_model
 
 
-@pytest.fixture
-def two_replicas():
-    return tfdp.create_strategy("mirrored", num_cpu_replicas=2)
-
-
 def batches(n=45, batch_size=GLOBAL_BATCH):
     x, y = dict_data(n)
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)

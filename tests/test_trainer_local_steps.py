@@ -9,7 +9,8 @@ import tensorflow as tf
 
 import tfdp
 from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model
-from tests.test_trainer import assert_close, plain_loop, run_trainer, textbook_step
+from tests.reference import assert_weights_close as assert_close, plain_loop, textbook_step
+from tests.test_trainer import run_trainer
 from tests.workers import run_workers
 
 REPLICAS = 2
@@ -73,11 +74,6 @@ def local_sgd_reference(data, *, local_steps, epochs, optimizer="sgd", clip=None
         if since:
             average()
     return first.get_weights(), int(opts[0].iterations.numpy())
-
-
-@pytest.fixture
-def two_replicas():
-    return tfdp.create_strategy("mirrored", num_cpu_replicas=REPLICAS)
 
 
 @pytest.mark.parametrize("optimizer,options,reference,n", [

@@ -10,15 +10,8 @@ from tfdp.training import all_reduce
 
 
 @pytest.fixture
-def two_replicas():
-    return tfdp.create_strategy("mirrored", num_cpu_replicas=2)
-
-
-@pytest.fixture
-def mixed_float16():
+def mixed_float16(dtype_policy):
     tfdp.training.set_mixed_precision("mixed_float16")
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
 
 
 def mlp():

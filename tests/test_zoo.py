@@ -30,11 +30,6 @@ TOLERANCE = 1e-5
 TOLERANCES = {("encoder", "adam"): 3e-5}
 
 
-@pytest.fixture(scope="module")
-def two_replicas():
-    return tfdp.create_strategy("mirrored", num_cpu_replicas=2)
-
-
 @functools.cache
 def one_device(name: str, optimizer: str) -> tuple:
     """One-device model.fit (plain Keras: no tfdp strategy in scope), cached for the module."""

@@ -120,3 +120,18 @@ def _lines_with(stream, text: str, *, count: int, seconds: float = 30) -> list[s
         *lines, pending = (pending + chunk).split(b"\n")
         found += [line for line in (raw.decode(errors="replace") for raw in lines) if text in line]
     return found[:count]
+
+
+LAUNCH = [sys.executable, "-m", "tfdp.launch"]
+
+
+def launch(args: list[str], *, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs tfdp-launch with `args` from the repository root, every task's output on its console.
+
+    Returns the finished launcher's CompletedProcess with `.seconds`, its wall time.
+    """
+    started = time.monotonic()
+    result = subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                            env=_env({"TFDP_CONSOLE": "all", **(env or {})}))
+    result.seconds = time.monotonic() - started
+    return result
