@@ -3,7 +3,7 @@
     python -m tests.keras_own_tests            # from the repository root, in tfdp's venv
 
 The test files ship in the keras wheel (keras-nightly ships none: then those of the
-keras TESTS_RELEASE wheel, downloaded from the package index, run). Each file runs twice in a fresh pytest process:
+keras TESTS_RELEASE wheel, downloaded from the package index, run). Each file runs twice, in two fresh pytest processes side by side:
 once on stock Keras, once with `tfdp.keras_fixes.install()` done before collection.
 Every test whose outcome differs must be listed in EXPECTED_DIFFERENCES with the
 reason; any other difference, or a file that cannot run, exits with status 1.
@@ -17,6 +17,7 @@ lets the file import.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import importlib
 import os
 import subprocess
@@ -120,8 +121,8 @@ def run(tests: Path, files: tuple[str, ...], repairs: bool, tmp: str) -> dict[st
                "--rootdir", str(tests), "--import-mode=importlib", "-p", "tests.keras_own_tests", f"--junitxml={report}",
                *(["-k", " and ".join(f"not {name}" for name in missing)] if missing else []),
                *[str(tests / name) for name in files]]
-    env = {**os.environ, REPAIRS_ENV: "1" if repairs else "0", "PYTHONPATH": str(ROOT),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # a Keras put first stays first
+    env = {**os.environ, REPAIRS_ENV: "1" if repairs else "0", "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
     if not os.path.exists(report) or result.returncode not in (0, 1):
         sys.exit(f"Keras's tests did not run ({'repaired' if repairs else 'stock'}, exit "
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     keras_src = Path(keras.__file__).parent / "src"
     with tempfile.TemporaryDirectory() as tmp:
         tests, source = test_files(keras_src, tmp, files)
-        stock = run(tests, files, repairs=False, tmp=tmp)
-        repaired = run(tests, files, repairs=True, tmp=tmp)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the two runs side by side
+            stock, repaired = pool.map(lambda repairs: run(tests, files, repairs=repairs, tmp=tmp), (False, True))
     print(f"Keras {keras.__version__}: {len(files)} test files of the patched classes, from {source}")
     print(f"  stock Keras:        {_counts(stock)}")
     print(f"  with tfdp repairs:  {_counts(repaired)}")

@@ -41,16 +41,21 @@ def test_default_recipe_on_two_cpu_replicas_reaches_95_percent(tmp_path, loop):
         assert any("events" in p.name for p in (logs / run_name).iterdir())
 
 
+# Epochs enough for the accuracy asserted (the default 20 run in-process above).
+LAUNCHED_EPOCHS = 6
+
+
 @pytest.mark.parametrize("loop,extra", [("fit", []), ("custom", []), ("custom", ["--local_steps=8"])],
                          ids=["fit", "custom", "custom-local_steps-8"])
 def test_recipe_under_tfdp_launch_with_two_workers(tmp_path, loop, extra):
     result = run([sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--job_timeout", "240", "--",
                   *RECIPE, "--strategy=multi_worker", f"--data_dir={tmp_path / 'data'}",
-                  f"--model_dir={tmp_path / 'run'}", f"--loop={loop}", *extra], timeout=300)  # the real default
+                  f"--model_dir={tmp_path / 'run'}", f"--loop={loop}", f"--epochs={LAUNCHED_EPOCHS}", *extra],
+                 timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["eval"]["accuracy"] >= 0.95
-    assert results["config"]["local_steps"] == (8 if extra else 1)
+    assert results["config"]["local_steps"] == (8 if extra else 1) and len(results["history"]) == LAUNCHED_EPOCHS
     assert "[worker 0] eval accuracy" in result.stdout and "[worker 1] eval accuracy" not in result.stdout
 
 
