@@ -146,7 +146,7 @@ def test_the_first_option_names_still_work_with_a_deprecation_warning(two_replic
     for old, new, value in (("grad_accum_steps", "gradient_accumulation_steps", 2),
                             ("clip_global_norm", "global_clipnorm", 1.0), ("steps_per_loop", "steps_per_execution", 3)):
         with pytest.warns(DeprecationWarning, match=f"Trainer\\({old}=...\\) is now {new}"):
-            trainer = tfdp.Trainer(model, optimizer="sgd", loss="mse", strategy=two_replicas, **{old: value})
+            trainer = tfdp.Trainer(model, optimizer="adam", loss="mse", strategy=two_replicas, **{old: value})
         if new != "global_clipnorm":
             assert getattr(trainer, new) == value
         else:
