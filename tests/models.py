@@ -78,3 +78,17 @@ def train(strategy, make_model, data, *, epochs=2, loss="mse", optimizer=None, f
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
     history = model.fit(dataset, epochs=epochs, **{"verbose": 0, **(fit_kwargs or {})})
     return model, history.history
+
+
+class BatchRecorder(keras.callbacks.Callback):
+    """Records each on_train_batch_end a callback sees: [epoch, batch, logs["loss"]]."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen, self.epoch = [], None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append([self.epoch, batch, float(logs["loss"])])

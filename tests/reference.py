@@ -30,12 +30,26 @@ def textbook_step(model, opt, x, y, *, clip=None):
     if clip:
         grads, _ = tf.clip_by_global_norm(grads, clip)
     opt.apply_gradients(zip(grads, model.trainable_variables))
+    return float(loss)
+
+
+def running_means(step_losses, *, steps_per_epoch):
+    """What a callback sees after each step (its epoch's mean loss so far, weighted by examples), per
+    epoch: [[epoch, step, mean], ...], from `plain_loop`'s [(loss, examples), ...]."""
+    seen = []
+    for epoch in range(len(step_losses) // steps_per_epoch):
+        steps = step_losses[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
+        for step in range(steps_per_epoch):
+            losses, examples = np.array(steps[:step + 1]).T
+            seen.append([epoch, step, float((losses * examples).sum() / examples.sum())])
+    return seen
 
 
 def plain_loop(make_model, data, *, batch_size, epochs, clip=None, optimizer="sgd", accumulate=1,
-               steps_per_epoch=None):
+               steps_per_epoch=None, step_losses=None):
     """One device, epoch by epoch: `accumulate` batches make one step (a final smaller group is a
-    smaller step); `steps_per_epoch` reads the data again whenever it ends.
+    smaller step); `steps_per_epoch` reads the data again whenever it ends. `step_losses`, a list,
+    gets each step's (loss, examples).
 
     Returns:
         (the weights, the optimizer's iterations).
@@ -51,7 +65,9 @@ def plain_loop(make_model, data, *, batch_size, epochs, clip=None, optimizer="sg
         epochs = 1
     for _ in range(epochs):
         for index in groups:
-            textbook_step(model, opt, {k: v[index] for k, v in x.items()}, y[index], clip=clip)
+            loss = textbook_step(model, opt, {k: v[index] for k, v in x.items()}, y[index], clip=clip)
+            if step_losses is not None:
+                step_losses.append((loss, len(index)))
     return model.get_weights(), int(opt.iterations.numpy())
 
 

@@ -12,7 +12,8 @@ import pytest
 import tfdp
 import tensorflow as tf
 
-from tests.models import GLOBAL_BATCH, dict_data, dict_model, train
+from tests.models import GLOBAL_BATCH, BatchRecorder, dict_data, dict_model, train
+from tests.reference import assert_weights_close
 from tests.workers import ROOT, _env, run_python, run_workers
 
 # Each configuration: (name, train() keyword arguments, reference keyword arguments).
@@ -167,48 +168,67 @@ class SigkillOnce(keras.callbacks.Callback):
         if self.params and first_run and not os.path.exists(marker) and self._epoch == 1 and batch == 3 \\
                 and tfdp.is_chief(strategy) == bool(int(os.environ.get("KILL_CHIEF", "0"))):
             open(marker, "w").close()
+            if os.environ.get("DAMAGE_BACKUP"):  # the newest backup torn, as by a node lost mid-save
+                with open(os.path.join(run_dir, "backup", "latest.weights.h5"), "r+b") as f:
+                    f.truncate(100)
             os.kill(os.getpid(), signal.SIGKILL)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
 backup = keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), save_freq=3)
-model, _ = train(strategy, dict_model, dict_data(45), epochs=3,
-                 fit_kwargs=dict(callbacks=[backup, SigkillOnce()]))
+recorder = BatchRecorder()
+model, history = train(strategy, dict_model, dict_data(45), epochs=3,
+                       fit_kwargs=dict(callbacks=[backup, SigkillOnce(), recorder]))
 if tfdp.is_chief(strategy):
-    with open(os.path.join(run_dir, "weights.json"), "w") as f:
-        json.dump([w.tolist() for w in model.get_weights()], f)
-"""
+    with open(os.path.join(run_dir, "run.json"), "w") as f:
+        json.dump({"weights": [w.tolist() for w in model.get_weights()], "seen": recorder.seen,
+                   "history": history}, f)
+""".replace("from tests.models import", "from tests.models import BatchRecorder,")
 
 
-def reference_weights():
-    reference, _ = train(tfdp.create_strategy("one_device", devices=["/cpu:0"]), dict_model, dict_data(45),
-                         epochs=3)
-    return reference.get_weights()
-
-
-def assert_weights_file(path, expected):
-    for got, want in zip(json.loads(path.read_text()), expected):
-        np.testing.assert_allclose(np.array(got), want, atol=1e-5, rtol=0)
+def assert_resumed_like_an_uninterrupted_run(run_dir, *, resumed_at, batch_logs=True):
+    """The run's weights, the batches its callbacks saw from `resumed_at` (epoch, step) on (and
+    their logs, `batch_logs`), and its History (from the resumed epoch on) equal an uninterrupted
+    one-device run's. (On several replicas a batch's logs are the first replica's, as Keras
+    logs them: only the epoch's logs are over all of them.)"""
+    recorder = BatchRecorder()
+    reference, history = train(tfdp.create_strategy("one_device", devices=["/cpu:0"]), dict_model,
+                               dict_data(45), epochs=3, fit_kwargs=dict(callbacks=[recorder]))
+    got = json.loads((run_dir / "run.json").read_text())
+    assert_weights_close(got["weights"], reference.get_weights())
+    expected = [seen for seen in recorder.seen if tuple(seen[:2]) >= resumed_at]
+    assert [seen[:2] for seen in got["seen"]] == [seen[:2] for seen in expected]  # only the trained ones
+    if batch_logs:
+        np.testing.assert_allclose([seen[2] for seen in got["seen"]], [seen[2] for seen in expected], rtol=1e-5)
+    np.testing.assert_allclose(got["history"]["loss"], history["loss"][resumed_at[0]:], rtol=1e-5)
 
 
 def test_sigkill_mid_epoch_then_restart_ends_like_an_uninterrupted_run(tmp_path):
     # One process: killed, started again by hand, as a user would.
     first = run_python(KILLED_WORKER, args=(str(tmp_path),), env={"KILL_CHIEF": "1"}, timeout=120)
     assert first.returncode == -signal.SIGKILL and (tmp_path / "killed").exists()
-    assert not (tmp_path / "weights.json").exists()
+    assert not (tmp_path / "run.json").exists()
     second = run_python(KILLED_WORKER, args=(str(tmp_path),), env={"KILL_CHIEF": "1"}, timeout=120)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert_weights_file(tmp_path / "weights.json", reference_weights())
+    assert "at epoch 1 step 3" in second.stdout  # the backup after epoch 1's third step
+    assert_resumed_like_an_uninterrupted_run(tmp_path, resumed_at=(1, 3))
 
 
-def test_two_workers_sharing_a_backup_survive_a_sigkill(tmp_path):
+def test_two_workers_sharing_a_backup_survive_a_sigkill_and_a_torn_backup(tmp_path):
+    """Worker 1 killed mid-epoch, the newest backup torn: both workers fall back to the previous one
+    (the chief from the user's directory, worker 1 through its private copy) and train to the end."""
     command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--max_restarts", "1",
                "--grace_period", "5", "--", sys.executable, "-c", KILLED_WORKER, str(tmp_path)]
-    result = subprocess.run(command, timeout=300, capture_output=True, text=True, cwd=ROOT, env=_env(None))
+    result = subprocess.run(command, timeout=300, capture_output=True, text=True, cwd=ROOT,
+                            env=_env({"DAMAGE_BACKUP": "1", "TFDP_CONSOLE": "all"}))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "worker 1 failed first (killed by signal SIGKILL)" in result.stderr
-    assert_weights_file(tmp_path / "weights.json", reference_weights())
+    output = result.stdout + result.stderr
+    assert "is damaged" in output and "restoring the previous one" in output
+    # The previous backup: epoch 0 after its 6 steps; the metrics restored give epoch 0's History.
+    assert "at epoch 0 step 6" in output
+    assert_resumed_like_an_uninterrupted_run(tmp_path, resumed_at=(0, 6), batch_logs=False)
 
 
 TUTORIAL_WORKER = """

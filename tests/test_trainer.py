@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import tfdp
 from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model
-from tests.reference import assert_weights_close as assert_close, plain_loop
+from tests.reference import running_means, assert_weights_close as assert_close, plain_loop
 from tests.workers import ROOT, _env, run_python, run_workers
 
 
@@ -155,7 +155,7 @@ def test_the_first_option_names_still_work_with_a_deprecation_warning(two_replic
 
 WORKER = """
 import json, os, signal, sys, keras, tensorflow as tf, tfdp
-from tests.models import OPTIMIZERS, dict_data, dict_model
+from tests.models import OPTIMIZERS, BatchRecorder, dict_data, dict_model
 strategy = tfdp.create_strategy()
 x, y = dict_data(int(os.environ.get("N", "45")))
 keras.utils.set_random_seed(7)
@@ -177,10 +177,12 @@ class Kill(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-trainer.fit(batches, epochs=3, verbose=0, callbacks=[Kill()], **fit_options)
+recorder = BatchRecorder()
+history = trainer.fit(batches, epochs=3, verbose=0, callbacks=[Kill(), recorder], **fit_options)
 trainer.close()
 print("RESULT " + json.dumps({"weights": [w.tolist() for w in model.get_weights()],
-                              "iterations": int(trainer.optimizer.iterations.numpy())}))
+                              "iterations": int(trainer.optimizer.iterations.numpy()),
+                              "seen": recorder.seen, "loss": history.history["loss"]}))
 """
 
 
@@ -233,14 +235,22 @@ def test_two_workers_killed_mid_epoch_resume_step_exact(tmp_path):
     result = subprocess.run(command, timeout=300, capture_output=True, text=True, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert marker.exists() and "resumed from" in result.stdout + result.stderr
+    assert "at epoch 1 step 2" in result.stdout  # the checkpoint of step 2, the last before the kill
+    step_losses = []
     expected, iterations = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=3,
-                                      optimizer="adam", steps_per_epoch=4)
+                                      optimizer="adam", steps_per_epoch=4, step_losses=step_losses)
     reports = [json.loads(line.split("RESULT ", 1)[1]) for line in (result.stdout + result.stderr).splitlines()
                if "RESULT " in line]
     assert len(reports) == 2
+    seen = [s for s in running_means(step_losses, steps_per_epoch=4) if tuple(s[:2]) >= (1, 2)]
+    epoch_losses = [s[2] for s in seen if s[1] == 3]  # the resumed epoch 1 (all its steps) and epoch 2
     for report in reports:
         assert_close([np.array(w) for w in report["weights"]], expected)
         assert report["iterations"] == iterations == 12
+        # callbacks see the steps trained after the resume, with the logs of an uninterrupted run
+        assert [s[:2] for s in report["seen"]] == [s[:2] for s in seen]
+        np.testing.assert_allclose([s[2] for s in report["seen"]], [s[2] for s in seen], rtol=1e-5)
+        np.testing.assert_allclose(report["loss"], epoch_losses, rtol=1e-5)
 
 
 def test_compute_loss_hook_for_unsupervised_models(two_replicas):

@@ -15,8 +15,11 @@ their `.bkp` copies, `delete_checkpoint`); the previous backup is kept as `.bkp`
   renamed last, records the CRC-32 of the weights it belongs to: a kill between the two
   renames leaves a pair that does not match, and loading then rolls forward (the new
   metadata is complete) or falls back to the `.bkp` pair;
+- the backup holds the metrics' state (loss included), restored on resume: the interrupted
+  epoch's logs and History cover all its steps, as an uninterrupted run's;
 - a resumed epoch skips (reads past, without training) the steps the backup holds, and
-  the chief says where it resumed (`resumed from <file> at epoch E step S`);
+  the chief says where it resumed (`resumed from <file> at epoch E step S`); callbacks
+  (the progress bar too) see only the steps trained, numbered as in an uninterrupted run;
 - SIGTERM during fit saves a backup at a step all workers agree on and exits with
   `tfdp.preemption.PREEMPTED_EXIT_CODE` (what Keras's docstring calls
   `save_before_preemption`, which Keras 3 does not implement; see tfdp/preemption.py).
@@ -33,7 +36,7 @@ import zlib
 
 import keras
 
-from tfdp import _compat, preemption
+from tfdp import _compat, metric_states, preemption
 from tfdp.errors import ConfigError
 from tfdp.keras_fixes._base import Fix, Undo, check_methods, patch
 from tfdp.keras_fixes._worker_files import on_chief, private_dir, remove_private_dir
@@ -44,9 +47,13 @@ _WEIGHTS = "latest.weights.h5"
 _METADATA = "training_metadata.json"
 _PREVIOUS = ".bkp"
 _TMP = ".tmp"
+_RESTORED = "restored.weights.h5"  # a non-chief's copy of the chief's previous backup, to load
 
 # callback -> {"steps_done": steps of the current epoch trained, "skip": steps to read past}
 _progress: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+# model -> the steps of its current epoch a resumed backup holds: read past, not trained, and
+# not shown to callbacks (keras.callbacks.CallbackList drops their batch calls)
+_skipped_steps: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
 # callback -> the SIGTERM watch of the fit it is in
 _watches: "weakref.WeakKeyDictionary[object, preemption.PreemptionWatch]" = weakref.WeakKeyDictionary()
 
@@ -88,13 +95,15 @@ def _save(self) -> None:
     target = self.backup_dir if on_chief(self) else private_dir(self)
     os.makedirs(target, exist_ok=True)
     weights, metadata = os.path.join(target, _WEIGHTS), os.path.join(target, _METADATA)
-    if _matching_metadata(target, "") is not None:  # always: a damaged latest has a previous to fall back to
+    if os.path.exists(metadata) and _matching_metadata(target, "") is not None:
+        # Always: a damaged latest has a previous to fall back to.
         _replace_copy(weights, weights + _PREVIOUS)
         _replace_copy(metadata, metadata + _PREVIOUS)
     self.model.save_weights(weights + _TMP + ".weights.h5", overwrite=True)
     epoch, batch = _compat.backup_position(self)
     state = {"epoch": epoch, "batch": batch,
              "steps_done": _progress.get(self, {}).get("steps_done", 0),
+             "metric_states": metric_states.read(self.model.metrics_variables),
              "weights_crc32": _crc32(weights + _TMP + ".weights.h5")}
     with open(metadata + _TMP, "w") as f:
         json.dump(state, f)
@@ -121,12 +130,14 @@ def _load(self) -> None:
             _replace_copy(weights + suffix, weights)
             _replace_copy(os.path.join(directory, _METADATA + suffix), os.path.join(directory, _METADATA))
         elif suffix:  # Keras loads only files named *.weights.h5; the user's directory is the chief's.
-            weights = os.path.join(private_dir(self), _WEIGHTS)
+            # Not named as a backup: this worker's next save must not take it for a previous one.
+            weights = os.path.join(private_dir(self), _RESTORED)
             shutil.copyfile(os.path.join(directory, _WEIGHTS + suffix), weights)
         self.model.load_weights(weights)
         _compat.set_initial_epoch(self.model, state["epoch"])
         steps = state.get("steps_done", 0)
-        _progress[self] = {"steps_done": steps, "skip": steps}
+        _progress[self] = {"steps_done": steps, "skip": steps, "metric_states": state.get("metric_states", ""),
+                           "where": weights}
         _compat.set_backup_position(self, epoch=state["epoch"], batch=max(steps - 1, 0))
         if on_chief(self):  # Keras resumes silently; the Trainer says the same line
             print(f"resumed from {os.path.join(directory, _WEIGHTS + suffix)} at epoch {state['epoch']} "
@@ -143,10 +154,14 @@ def _load(self) -> None:
 def _epoch_begin(self, epoch, logs=None):
     progress = _progress.setdefault(self, {"steps_done": 0, "skip": 0})
     skip, progress["skip"] = progress["skip"], 0
+    _skipped_steps[self.model] = skip
     if not skip:
         progress["steps_done"] = 0
         return
     model, train_function = self.model, self.model.train_function
+    # The steps before the resume count in this epoch's logs (fit reset the metrics just before).
+    metric_states.restore(model.metrics_variables, progress.pop("metric_states", ""),
+                          strategy=model.distribute_strategy, where=progress.pop("where", self.backup_dir))
     left = [skip]
 
     def skipping_train_function(iterator):
@@ -156,7 +171,9 @@ def _epoch_begin(self, epoch, logs=None):
         for _ in range(min(model.steps_per_execution, left[0])):
             next(iterator)  # Read past a batch the backup already trained on.
         left[0] -= model.steps_per_execution
-        return {}
+        # Callbacks do not see this step; the last one gives fit the epoch's logs so far (the
+        # restored metrics), which an epoch the backup held whole ends with.
+        return model.get_metrics_result() if left[0] <= 0 else {}
 
     model.train_function = skipping_train_function
 
@@ -177,7 +194,25 @@ def _save_and_exit(callback, batch: int) -> None:
                                chief=on_chief(callback))
 
 
+def _trained(callback_list, step: int) -> bool:
+    """Whether step `step` of the epoch is trained (not read past on resume)."""
+    model = callback_list.model
+    return model is None or step >= _skipped_steps.get(model, 0)
+
+
 def _apply() -> Undo:
+    callback_list = keras.callbacks.CallbackList
+    stock_list_begin, stock_list_end = callback_list.on_train_batch_begin, callback_list.on_train_batch_end
+
+    def list_batch_begin(self, batch, logs=None):
+        if _trained(self, batch):
+            stock_list_begin(self, batch, logs)
+
+    def list_batch_end(self, batch, logs=None):
+        if _trained(self, batch):
+            stock_list_end(self, batch, logs)
+
+    undo_list = patch(callback_list, on_train_batch_begin=list_batch_begin, on_train_batch_end=list_batch_end)
     callback = keras.callbacks.BackupAndRestore
     stock_batch_end, stock_epoch_end = callback.on_train_batch_end, callback.on_epoch_end
     stock_train_end = callback.on_train_end
@@ -204,9 +239,15 @@ def _apply() -> Undo:
             stock_train_end(self, logs)
         remove_private_dir(self)
 
-    return patch(callback, _save_model=_save, _load_model=_load, on_train_begin=on_train_begin,
-                 on_epoch_begin=_epoch_begin, on_train_batch_end=on_train_batch_end,
-                 on_epoch_end=on_epoch_end, on_train_end=on_train_end)
+    undo_callback = patch(callback, _save_model=_save, _load_model=_load, on_train_begin=on_train_begin,
+                          on_epoch_begin=_epoch_begin, on_train_batch_end=on_train_batch_end,
+                          on_epoch_end=on_epoch_end, on_train_end=on_train_end)
+
+    def undo() -> None:
+        undo_callback()
+        undo_list()
+
+    return undo
 
 
 def _check() -> None:
@@ -215,6 +256,8 @@ def _check() -> None:
         "_save_model": ("self",), "_load_model": ("self",), "on_train_begin": ("self", "logs"),
         "on_train_batch_end": ("self", "batch", "logs"), "on_epoch_end": ("self", "epoch", "logs"),
         "on_train_end": ("self", "logs")})
+    check_methods(keras.callbacks.CallbackList, {"on_train_batch_begin": ("self", "batch", "logs"),
+                                                 "on_train_batch_end": ("self", "batch", "logs")})
     _compat.check_attributes("backup_callback", ("_current_epoch", "_last_batch_seen"))
     _compat.check_attributes("model", ("_initial_epoch",))
 

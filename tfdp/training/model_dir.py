@@ -1,7 +1,8 @@
 """What tfdp.Trainer keeps in model_dir: checkpoints with the training position, and TensorBoard scalars.
 
-    model_dir/checkpoints/   tf.train.CheckpointManager: model, optimizer, loss scale and the
+    model_dir/checkpoints/   tf.train.CheckpointManager: model, optimizer, loss scale, the
                              position (epoch, step in the epoch, batches read from the data)
+                             and the metrics' state (so a resumed epoch logs all its steps)
     model_dir/train/         TensorBoard scalars (the chief's)
 
 Saving is a collective under multi_worker: every worker saves, the chief into model_dir,
@@ -61,8 +62,11 @@ class ModelDir:
 
     def __init__(self, path: str, *, state: dict, position: Position, chief: bool, max_checkpoints: int):
         self.path, self.chief, self.position = path, chief, position
+        # The metrics' state at the save (tfdp/metric_states.py): this process's own variable.
+        self.metric_states = tf.Variable("", dtype=tf.string, trainable=False, name="metric_states")
         self.checkpoint = tf.train.Checkpoint(**state, epoch=position.epoch, step_in_epoch=position.step,
-                                              batches_read=position.batches_read)
+                                              batches_read=position.batches_read,
+                                              metric_states=self.metric_states)
         self.user_dir = os.path.join(path, "checkpoints")
         self.write_dir = self.user_dir if chief else tempfile.mkdtemp(prefix="tfdp-worker-")
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir, max_to_keep=max_checkpoints)

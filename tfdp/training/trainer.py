@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-from tfdp import _compat, preemption
+from tfdp import _compat, metric_states, preemption
 from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice, check_whole
@@ -324,15 +324,20 @@ class Trainer:
         logs = {}
         for epoch in range(initial_epoch, epochs):
             self._reset()
+            if start_step and self.async_steps is None:  # resumed mid-epoch: its logs cover the steps before too
+                metric_states.restore(self._metric_variables(), self.model_dir.metric_states.numpy().decode(),
+                                      strategy=self.strategy, where=self.model_dir.user_dir)
             callback_list.on_epoch_begin(epoch)
             runner.start_epoch(skip_batches)
             skip_batches, started = 0, time.perf_counter()
+            counted_before = float(self.loss_tracker.count.numpy())  # (restored: the steps before the resume)
             self._train_epoch(runner, start_step, epoch, steps_per_epoch, callback_list)
             start_step = 0
             runner.end_epoch(epoch)
             seconds = time.perf_counter() - started
             logs = self._logs()
-            logs["examples_per_sec"] = float(self.loss_tracker.count.numpy()) / seconds if seconds else 0.0
+            examples = float(self.loss_tracker.count.numpy()) - counted_before
+            logs["examples_per_sec"] = examples / seconds if seconds else 0.0
             if validation_data is not None and _validate_after(epoch, validation_freq):
                 callback_list.on_test_begin()  # as model.fit: callbacks see the validation run
                 validation = self.evaluate(validation_data, verbose=0)
@@ -394,8 +399,13 @@ class Trainer:
             if self.model.stop_training:
                 return step
 
+    def _metric_variables(self) -> list:
+        return [*self.loss_tracker.variables, *self.metrics.variables]
+
     def _save(self) -> None:
         if self.model_dir is not None:
+            if self.async_steps is None:  # (asynchronous: the metrics live on the chief alone; not kept)
+                self.model_dir.metric_states.assign(metric_states.read(self._metric_variables()))
             self.model_dir.save()
 
     def _write_summaries(self, logs: dict, epoch: int) -> None:
