@@ -131,31 +131,39 @@ VOTE_WORKER = """
 import json, os, sys, keras, numpy as np, tensorflow as tf, tfdp
 from tests.models import OPTIMIZERS, dict_data, dict_model
 strategy = tfdp.create_strategy()
-n, how = int(sys.argv[1]), sys.argv[2]
-x, y = dict_data(n)
-if how == "global":  # full global batches: every worker gets the same number of full batches
-    data = tfdp.data.distribute_global_batches(strategy, tf.data.Dataset.from_tensor_slices((x, y)).batch(
-        8, drop_remainder=True))
-else:  # unbatched, DATA-sharded, dropping remainders: worker 0 may get one more full batch
-    data = tfdp.data.distribute(strategy, tf.data.Dataset.from_tensor_slices((x, y)), global_batch_size=8,
-                                drop_remainder=True)
-keras.utils.set_random_seed(7)
-with strategy.scope():
-    model = dict_model()
-trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS["adam"](), loss="mse", strategy=strategy)
-trainer.fit(data, epochs=2, verbose=0)
-print("RESULT " + json.dumps({"vote": bool(data._enable_get_next_as_optional),
-                              "weights": [w.tolist() for w in model.get_weights()]}))
+for n, how in json.loads(sys.argv[1]):  # each case trains a model of its own
+    x, y = dict_data(n)
+    if how == "global":  # full global batches: every worker gets the same number of full batches
+        data = tfdp.data.distribute_global_batches(strategy, tf.data.Dataset.from_tensor_slices((x, y)).batch(
+            8, drop_remainder=True))
+    else:  # unbatched, DATA-sharded, dropping remainders: worker 0 may get one more full batch
+        data = tfdp.data.distribute(strategy, tf.data.Dataset.from_tensor_slices((x, y)), global_batch_size=8,
+                                    drop_remainder=True)
+    keras.utils.set_random_seed(7)
+    with strategy.scope():
+        model = dict_model()
+    trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS["adam"](), loss="mse", strategy=strategy)
+    trainer.fit(data, epochs=2, verbose=0)
+    print("RESULT " + json.dumps({"n": n, "how": how, "vote": bool(data._enable_get_next_as_optional),
+                                  "weights": [w.tolist() for w in model.get_weights()]}), flush=True)
 """
+VOTE_CASES = [(44, "global", False), (48, "unbatched", False),
+              (47, "unbatched", True)]  # 47: 24 and 23 examples, 6 and 5 batches
 
 
-@pytest.mark.parametrize("n,how,vote", [(44, "global", False), (48, "unbatched", False),
-                                        (47, "unbatched", True)])  # 47: 24 and 23 examples, 6 and 5 batches
-def test_the_end_of_data_vote_is_skipped_only_where_every_worker_has_the_same_full_batches(n, how, vote):
-    results = run_workers(VOTE_WORKER, num_workers=2, timeout=180, args=(str(n), how))
-    for r in results:  # a wrong skip would leave worker 0 waiting for worker 1 in a 6th step: a timeout
+@pytest.fixture(scope="session")
+def vote_runs():
+    """Every case in one 2-worker job (one start-up), one after the other."""
+    return run_workers(VOTE_WORKER, num_workers=2, timeout=240,
+                       args=(json.dumps([[n, how] for n, how, _ in VOTE_CASES]),))
+
+
+@pytest.mark.xdist_group("vote")  # one job for the three cases
+@pytest.mark.parametrize("n,how,vote", VOTE_CASES)
+def test_the_end_of_data_vote_is_skipped_only_where_every_worker_has_the_same_full_batches(vote_runs, n, how, vote):
+    for r in vote_runs:  # a wrong skip would leave worker 0 waiting for worker 1 in a 6th step: a timeout
         assert r.returncode == 0, r.stderr[-3000:]
-    reports = [r.json_lines()[0] for r in results]
+    reports = [next(line for line in r.json_lines() if (line["n"], line["how"]) == (n, how)) for r in vote_runs]
     assert [rep["vote"] for rep in reports] == [vote, vote]
     assert reports[0]["weights"] == reports[1]["weights"]
     if how == "global":  # the 5 full batches of 8, as on one device

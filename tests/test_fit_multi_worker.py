@@ -50,7 +50,7 @@ def configs_for(n: int) -> dict[str, str]:
     return configs
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # (not "module": xdist may run a test of another module in between)
 def two_worker_fits():
     """Both data sizes in one 2-worker job (one cluster, one start-up): the results of each worker."""
     cases = {n: configs_for(n) for n in SIZES}

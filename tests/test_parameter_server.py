@@ -64,7 +64,7 @@ def result_of(output: str) -> dict:
 SEQUENTIAL = {"adam-None": ("adam", None), "sgd-0.5": ("sgd", 0.5)}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # (not "module": xdist may run a test of another module in between)
 def sequential_runs():
     """Both optimizers' runs, one after the other on one cluster of a chief, 1 worker and 1 ps."""
     runs = [{"optimizer": optimizer, "max_staleness": 0, "clip": clip, "steps_per_execution": 2}

@@ -89,7 +89,7 @@ finally:
 CASES = {"fit": ("fit", False), "fit-worker-killed": ("fit", True), "trainer-worker-killed": ("trainer", True)}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # (not "module": xdist may run a test of another module in between)
 def ray_runs(tmp_path_factory):
     """The three cases, one after the other in one local Ray cluster: {case: (its directory, driver result)}."""
     dirs = {case: tmp_path_factory.mktemp(case) for case in CASES}

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,7 +168,7 @@ options = json.loads(os.environ.get("OPTIONS", "{}"))
 fit_options = options.pop("fit", {})
 trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS[os.environ.get("OPTIMIZER", "sgd")](), loss="mse",
                        strategy=strategy, model_dir=model_dir, **options)
-batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(int(os.environ.get("BATCH", "8")))
 
 class Kill(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
@@ -329,28 +331,38 @@ def test_workers_restoring_different_checkpoints_is_a_config_error_not_a_hang(tm
 
 
 def test_sigterm_to_the_launcher_saves_at_an_agreed_step_and_the_next_run_resumes_exactly(tmp_path):
-    """What a scheduler does before preempting: SIGTERM (here mid-epoch, from worker 0 to tfdp-launch)."""
-    marker = tmp_path / "preempted"
+    """What a scheduler does before preempting: SIGTERM (here mid-epoch, from worker 0 to tfdp-launch).
+    The checkpoint 2 workers wrote resumes on 3 workers and on 1 process (a job requeued in another
+    shape), each ending as an uninterrupted one-device run (batches of 12: 2 and 3 divide them)."""
+    model_dir, marker = tmp_path / "model_dir", tmp_path / "preempted"
     worker = WORKER.replace(
         "os.kill(os.getpid(), signal.SIGKILL)",
         f"(os.path.exists({str(marker)!r}) or (open({str(marker)!r}, 'w').close(), "
         "os.kill(os.getppid(), signal.SIGTERM)))")
     env = {**_env(None), "OPTIONS": json.dumps({"fit": {"steps_per_epoch": 4}}), "OPTIMIZER": "adam",
-           "KILL_EPOCH": "1", "KILL_STEP": "1"}
-    command = [sys.executable, "-m", "tfdp.launch", "--num_workers", "2", "--console", "all", "--grace_period", "60",
-               "--",
-               sys.executable, "-c", worker, str(tmp_path)]
-    first = subprocess.run(command, timeout=300, capture_output=True, text=True, cwd=ROOT, env=env)
+           "KILL_EPOCH": "1", "KILL_STEP": "1", "BATCH": "12"}
+
+    def command(workers):
+        return [sys.executable, "-m", "tfdp.launch", "--num_workers", str(workers), "--console", "all",
+                "--grace_period", "60", "--", sys.executable, "-c", worker, str(model_dir)]
+
+    first = subprocess.run(command(2), timeout=300, capture_output=True, text=True, cwd=ROOT, env=env)
     assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
     assert "preempted (SIGTERM): saved epoch 1 step" in first.stdout
     assert "worker 0 exit code 75, worker 1 exit code 75" in first.stderr  # both saved and exited
-    second = subprocess.run(command, timeout=300, capture_output=True, text=True, cwd=ROOT, env=env)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed from" in second.stdout and "at epoch 1 step" in second.stdout
-    expected, iterations = plain_loop(dict_model, dict_data(45), batch_size=GLOBAL_BATCH, epochs=3,
+    shutil.copytree(model_dir, tmp_path / "for_one_process")
+    on_three = subprocess.run(command(3), timeout=300, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert on_three.returncode == 0, on_three.stderr[-3000:]
+    assert re.search(r"resumed from \S+ at epoch 1 step \d \(written by 2 workers, 2 replicas; now 3 workers, "
+                     r"3 replicas\)", on_three.stdout), on_three.stdout[-3000:]
+    on_one = run_python(worker, args=(str(tmp_path / "for_one_process"),), timeout=120,
+                        env={k: env[k] for k in ("OPTIONS", "OPTIMIZER", "BATCH")})
+    assert on_one.returncode == 0, on_one.stderr[-3000:]
+    assert "(written by 2 workers, 2 replicas; now 1 worker, 1 replica)" in on_one.stdout
+    expected, iterations = plain_loop(dict_model, dict_data(45), batch_size=12, epochs=3,
                                       optimizer="adam", steps_per_epoch=4)
-    reports = [json.loads(line.split("RESULT ", 1)[1]) for line in second.stdout.splitlines() if "RESULT " in line]
-    assert len(reports) == 2
-    for report in reports:
+    reports = [json.loads(line.split("RESULT ", 1)[1]) for line in on_three.stdout.splitlines() if "RESULT " in line]
+    assert len(reports) == 3
+    for report in reports + on_one.json_lines():
         assert_close([np.array(w) for w in report["weights"]], expected)
         assert report["iterations"] == iterations == 12

@@ -36,7 +36,7 @@ import zlib
 
 import keras
 
-from tfdp import _compat, metric_states, preemption
+from tfdp import _compat, metric_states, preemption, resume
 from tfdp.errors import ConfigError
 from tfdp.keras_fixes._base import Fix, Undo, check_methods, patch
 from tfdp.keras_fixes._worker_files import on_chief, private_dir, remove_private_dir
@@ -104,6 +104,7 @@ def _save(self) -> None:
     state = {"epoch": epoch, "batch": batch,
              "steps_done": _progress.get(self, {}).get("steps_done", 0),
              "metric_states": metric_states.read(self.model.metrics_variables),
+             "written_by": resume.job_shape(self.model.distribute_strategy),
              "weights_crc32": _crc32(weights + _TMP + ".weights.h5")}
     with open(metadata + _TMP, "w") as f:
         json.dump(state, f)
@@ -140,8 +141,8 @@ def _load(self) -> None:
                            "where": weights}
         _compat.set_backup_position(self, epoch=state["epoch"], batch=max(steps - 1, 0))
         if on_chief(self):  # Keras resumes silently; the Trainer says the same line
-            print(f"resumed from {os.path.join(directory, _WEIGHTS + suffix)} at epoch {state['epoch']} "
-                  f"step {steps}", flush=True)
+            resume.announce(os.path.join(directory, _WEIGHTS + suffix), epoch=state["epoch"], step=steps,
+                            written_by=state.get("written_by"), now=resume.job_shape(self.model.distribute_strategy))
         return
     if any(os.path.exists(os.path.join(directory, name + suffix))
            for name in (_WEIGHTS, _METADATA) for suffix in ("", _PREVIOUS)):

@@ -24,14 +24,20 @@ from tfdp.errors import ConfigError
 logger = logging.getLogger("tfdp")
 
 
-def check_steps_per_epoch(steps_per_epoch: int | None) -> None:
+def check_fit(*, steps_per_epoch: int | None, metrics, data) -> None:
+    """What a fit on a parameter_server strategy needs: steps_per_epoch, and metric objects for a dataset_fn."""
+    _check_steps_per_epoch(steps_per_epoch)
+    _check_metrics_resolvable(metrics, data)
+
+
+def _check_steps_per_epoch(steps_per_epoch: int | None) -> None:
     if steps_per_epoch is None:
         raise ConfigError("Trainer.fit(steps_per_epoch=None) on a parameter_server strategy: the workers read "
                           "their own copies of the data, so no pass over it marks an epoch. Fix: give "
                           "steps_per_epoch (e.g. examples // global batch) and repeat() the dataset.")
 
 
-def check_metrics_resolvable(metrics, data) -> None:
+def _check_metrics_resolvable(metrics, data) -> None:
     """Metric names need the data's shapes; a dataset_fn has none on the chief."""
     if not isinstance(data, tf.data.Dataset) and any(isinstance(m, str)
                                                      for m in keras.tree.flatten(metrics.identifiers)):

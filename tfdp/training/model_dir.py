@@ -2,7 +2,8 @@
 
     model_dir/checkpoints/   tf.train.CheckpointManager: model, optimizer, loss scale, the
                              position (epoch, step in the epoch, batches read from the data)
-                             and the metrics' state (so a resumed epoch logs all its steps)
+                             and the run's state (the job's shape, the metrics' state, so that
+                             a resumed epoch logs all its steps)
     model_dir/train/         TensorBoard scalars (the chief's)
 
 Saving is a collective under multi_worker: every worker saves, the chief into model_dir,
@@ -13,6 +14,7 @@ and a disagreement is a ConfigError, not a hang.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -62,11 +64,11 @@ class ModelDir:
 
     def __init__(self, path: str, *, state: dict, position: Position, chief: bool, max_checkpoints: int):
         self.path, self.chief, self.position = path, chief, position
-        # The metrics' state at the save (tfdp/metric_states.py): this process's own variable.
-        self.metric_states = tf.Variable("", dtype=tf.string, trainable=False, name="metric_states")
+        # JSON: the job's shape and the metrics' state at the save (tfdp/resume.py,
+        # tfdp/metric_states.py); this process's own variable.
+        self.run_state = tf.Variable("", dtype=tf.string, trainable=False, name="run_state")
         self.checkpoint = tf.train.Checkpoint(**state, epoch=position.epoch, step_in_epoch=position.step,
-                                              batches_read=position.batches_read,
-                                              metric_states=self.metric_states)
+                                              batches_read=position.batches_read, run_state=self.run_state)
         self.user_dir = os.path.join(path, "checkpoints")
         self.write_dir = self.user_dir if chief else tempfile.mkdtemp(prefix="tfdp-worker-")
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir, max_to_keep=max_checkpoints)
@@ -117,10 +119,20 @@ class ModelDir:
                 f"step, batches {list(self.position.values())}; the mean: {(total / replicas).numpy().tolist()}): "
                 "they do not see the same checkpoints. Fix: put model_dir on a filesystem every worker shares.")
 
-    def save(self) -> None:
-        """Saves the state and position (a collective: every worker calls it)."""
+    def save(self, *, written_by: dict, metric_states: str) -> None:
+        """Saves the state, the position and the run's state (a collective: every worker calls it).
+
+        Args:
+            written_by: the job's shape (`tfdp.resume.job_shape`).
+            metric_states: the metrics' state (`tfdp.metric_states.read`), or "".
+        """
+        self.run_state.assign(json.dumps({"written_by": written_by, "metric_states": metric_states}))
         epoch, step, _ = self.position.values()
         self.manager.save(checkpoint_number=epoch * 1_000_000 + step)
+
+    def run_state_restored(self) -> dict:
+        """{"written_by": ..., "metric_states": ...} of the checkpoint restored ({} from older checkpoints)."""
+        return json.loads(self.run_state.numpy().decode() or "{}")
 
     def write_summaries(self, logs: dict, *, epoch: int, extra: dict) -> None:
         """An epoch's scalars: `val_x` as `epoch_x` of the validation run, the rest of the train run."""

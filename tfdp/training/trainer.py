@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-from tfdp import _compat, metric_states, preemption
+from tfdp import _compat, metric_states, preemption, resume
 from tfdp import data as tfdp_data
 from tfdp._requirements import import_tensorflow
 from tfdp.errors import ConfigError, check_choice, check_whole
@@ -183,6 +183,7 @@ class Trainer:
             self.model_dir = ModelDir(model_dir, state=state, position=self.position, chief=self._chief,
                                       max_checkpoints=max_checkpoints)
         self._resume_pending = self.model_dir is not None
+        self._restored_metric_states = ""  # (metric_states.read) of the checkpoint resumed from
         self._preemption: preemption.PreemptionWatch | None = None
         self._train_loop = loops.train_loop(self.step, strategy, self.gradient_accumulation_steps)
         self._eval_loop = loops.eval_loop(self.step, strategy)
@@ -241,8 +242,11 @@ class Trainer:
         if restored is None:
             return None
         epoch, step, batches = self.position.values()
+        state = self.model_dir.run_state_restored()
+        self._restored_metric_states = state.get("metric_states", "")
         if self._chief:
-            print(f"resumed from {restored} at epoch {epoch} step {step}", flush=True)
+            resume.announce(restored, epoch=epoch, step=step, written_by=state.get("written_by"),
+                            now=resume.job_shape(self.strategy))
         return epoch, step, batches
 
     def fit(self, data, *, epochs: int = 1, initial_epoch: int = 0, steps_per_epoch: int | None = None,
@@ -304,14 +308,13 @@ class Trainer:
     def _runner(self, data, *, steps_per_epoch: int | None, verbose: int):
         """What runs the steps: asynchronous on a parameter-server strategy, else synchronous."""
         if self.async_steps is not None:
-            async_runner.check_steps_per_epoch(steps_per_epoch)
-            async_runner.check_metrics_resolvable(self.metrics, data)
+            async_runner.check_fit(steps_per_epoch=steps_per_epoch, metrics=self.metrics, data=data)
             if isinstance(data, tf.data.Dataset):
                 self._resolve_metrics(data)
-            else:
+            else:  # a dataset_fn: no shapes on the chief
                 self.metrics.build()
-            return async_runner.AsyncRunner(self.async_steps, data, summaries=self.model_dir.summaries if self.model_dir else None,
-                                            verbose=verbose)
+            return async_runner.AsyncRunner(self.async_steps, data, verbose=verbose,
+                                            summaries=self.model_dir.summaries if self.model_dir else None)
         distributed = self._distribute(data, "fit")
         self._resolve_metrics(distributed)
         return SyncRunner(distributed=distributed, train_loop=self._train_loop, skip_loop=self._skip_loop,
@@ -325,7 +328,7 @@ class Trainer:
         for epoch in range(initial_epoch, epochs):
             self._reset()
             if start_step and self.async_steps is None:  # resumed mid-epoch: its logs cover the steps before too
-                metric_states.restore(self._metric_variables(), self.model_dir.metric_states.numpy().decode(),
+                metric_states.restore(self._metric_variables(), self._restored_metric_states,
                                       strategy=self.strategy, where=self.model_dir.user_dir)
             callback_list.on_epoch_begin(epoch)
             runner.start_epoch(skip_batches)
@@ -404,9 +407,9 @@ class Trainer:
 
     def _save(self) -> None:
         if self.model_dir is not None:
-            if self.async_steps is None:  # (asynchronous: the metrics live on the chief alone; not kept)
-                self.model_dir.metric_states.assign(metric_states.read(self._metric_variables()))
-            self.model_dir.save()
+            # (asynchronous: the metrics' state is not kept)
+            self.model_dir.save(written_by=resume.job_shape(self.strategy),
+                                metric_states="" if self.async_steps else metric_states.read(self._metric_variables()))
 
     def _write_summaries(self, logs: dict, epoch: int) -> None:
         if self.model_dir is None:
