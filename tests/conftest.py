@@ -38,7 +38,8 @@ def dtype_policy():
 # Modules whose tests start worker processes, the longest first: collected first, so that
 # the two test processes (pytest-xdist) take them early and end together.
 LONG_FIRST = ("test_readme.py", "test_ray.py", "test_recipes.py", "test_parameter_server.py", "test_zoo.py",
-              "test_launch.py", "test_fit_multi_worker.py", "test_trainer.py", "test_doctor.py", "test_strategy.py")
+              "test_many_workers.py", "test_launch.py", "test_fit_multi_worker.py", "test_trainer.py",
+              "test_doctor.py", "test_strategy.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

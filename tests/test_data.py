@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tfdp
 from tests.data_sources import ids_per_epoch, tfrecord_dataset, write_tfds, write_tfrecords
-from tests.workers import run_workers
+from tests.workers import Result, once_per_run, run_workers
 from tfdp import data
 
 N = 45
@@ -152,10 +152,11 @@ VOTE_CASES = [(44, "global", False), (48, "unbatched", False),
 
 
 @pytest.fixture(scope="session")
-def vote_runs():
-    """Every case in one 2-worker job (one start-up), one after the other."""
-    return run_workers(VOTE_WORKER, num_workers=2, timeout=240,
-                       args=(json.dumps([[n, how] for n, how, _ in VOTE_CASES]),))
+def vote_runs(tmp_path_factory):
+    """Every case in one 2-worker job (one start-up, once per test run), one after the other."""
+    _, results = once_per_run(tmp_path_factory, "vote", lambda _: [r.as_dict() for r in run_workers(
+        VOTE_WORKER, num_workers=2, timeout=240, args=(json.dumps([[n, how] for n, how, _ in VOTE_CASES]),))])
+    return [Result(**r) for r in results]
 
 
 @pytest.mark.xdist_group("vote")  # one job for the three cases

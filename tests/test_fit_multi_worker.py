@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tests.models import GLOBAL_BATCH, BatchRecorder, dict_data, dict_model, train
 from tests.reference import assert_weights_close
-from tests.workers import ROOT, _env, run_python, run_workers
+from tests.workers import ROOT, Result, _env, once_per_run, run_python, run_workers
 
 # Each configuration: (name, train() keyword arguments, reference keyword arguments).
 CONFIGS = {
@@ -50,11 +50,13 @@ def configs_for(n: int) -> dict[str, str]:
     return configs
 
 
-@pytest.fixture(scope="session")  # (not "module": xdist may run a test of another module in between)
-def two_worker_fits():
-    """Both data sizes in one 2-worker job (one cluster, one start-up): the results of each worker."""
+@pytest.fixture(scope="session")
+def two_worker_fits(tmp_path_factory):
+    """Both data sizes in one 2-worker job (one cluster, one start-up, once per test run): each worker's result."""
     cases = {n: configs_for(n) for n in SIZES}
-    return run_workers(WORKER.format(cases=cases), num_workers=2, timeout=300)
+    _, results = once_per_run(tmp_path_factory, "fit_two_workers", lambda _: [
+        r.as_dict() for r in run_workers(WORKER.format(cases=cases), num_workers=2, timeout=300)])
+    return [Result(**r) for r in results]
 
 
 @pytest.mark.xdist_group("fit_two_workers")  # one job for both sizes

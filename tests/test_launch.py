@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 import tfdp
 from tests.models import dict_data, dict_model, train
-from tests.workers import LAUNCH, ROOT, _env, _lines_with, launch
+from tests.workers import LAUNCH, ROOT, _env, _lines_with, launch, run_python
 from tfdp.launch import parse_args
 
 SHOW_ALL = {"TFDP_CONSOLE": "all"}  # these tests read every worker's output from the launcher's
@@ -392,6 +393,7 @@ class PreemptOnce(keras.callbacks.Callback):  # what a scheduler does: SIGTERM t
                 time.sleep(0.01)
 
 model, _ = train(strategy, dict_model, dict_data(45), epochs=3, optimizer=lambda: keras.optimizers.Adam(0.01),
+                 batch_size=12,  # 2 and 3 workers divide it
                  fit_kwargs=dict(callbacks=[keras.callbacks.BackupAndRestore(os.path.join(sys.argv[1], "backup")),
                                             PreemptOnce()]))
 if tfdp.is_chief(strategy):
@@ -401,20 +403,32 @@ if tfdp.is_chief(strategy):
 
 
 def test_sigterm_during_multi_worker_fit_saves_a_backup_and_the_rerun_ends_like_an_uninterrupted_run(tmp_path):
-    args = ["--num_workers", "2", "--grace_period", "60", "--", sys.executable, "-c", PREEMPTED_FIT_WORKER,
-            str(tmp_path)]
-    first = launch(args, timeout=300)
+    """The backup 2 workers saved on SIGTERM resumes on 3 workers and on 1 process (a job requeued in
+    another shape); both end as an uninterrupted one-device run."""
+    def args(workers, run_dir):
+        return ["--num_workers", str(workers), "--grace_period", "60", "--", sys.executable, "-c",
+                PREEMPTED_FIT_WORKER, str(run_dir)]
+
+    first = launch(args(2, tmp_path), timeout=300)
     assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
     assert "preempted (SIGTERM): saved epoch 1 step" in first.stdout
     assert "worker 0 exit code 75, worker 1 exit code 75" in first.stderr  # both saved and exited
     assert not (tmp_path / "weights.json").exists()
-    second = launch(args, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
+    one_process = tmp_path / "one_process"
+    shutil.copytree(tmp_path / "backup", one_process / "backup")
+    shutil.copy(tmp_path / "preempted", one_process)  # preempted once already: not again
+    on_three = launch(args(3, tmp_path), timeout=300)
+    assert on_three.returncode == 0, on_three.stderr[-3000:]
+    assert "(written by 2 workers, 2 replicas; now 3 workers, 3 replicas)" in on_three.stdout
+    on_one = run_python(PREEMPTED_FIT_WORKER, args=(str(one_process),), timeout=120)
+    assert on_one.returncode == 0, on_one.stderr[-3000:]
+    assert "(written by 2 workers, 2 replicas; now 1 worker, 1 replica)" in on_one.stdout
     reference, _ = train(tfdp.create_strategy("one_device", devices=["/cpu:0"]), dict_model, dict_data(45),
-                         epochs=3, optimizer=lambda: keras.optimizers.Adam(0.01))
-    weights = json.loads((tmp_path / "weights.json").read_text())
-    for got, want in zip(weights, reference.get_weights()):
-        np.testing.assert_allclose(np.array(got), want, atol=1e-5, rtol=0)
+                         epochs=3, optimizer=lambda: keras.optimizers.Adam(0.01), batch_size=12)
+    for run_dir in (tmp_path, one_process):
+        weights = json.loads((run_dir / "weights.json").read_text())
+        for got, want in zip(weights, reference.get_weights()):
+            np.testing.assert_allclose(np.array(got), want, atol=1e-5, rtol=0)
 
 
 STUCK_WORKER = """

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tfdp
 from tests.models import dict_model
 from tests.reference import assert_weights_close, repeated_loop
-from tests.workers import LAUNCH, ROOT, _env, _lines_with, launch, run_processes
+from tests.workers import LAUNCH, ROOT, Result, _env, _lines_with, launch, once_per_run, run_processes
 from tfdp.cluster import TFConfig
 from tfdp.launch import free_ports
 
@@ -64,13 +64,18 @@ def result_of(output: str) -> dict:
 SEQUENTIAL = {"adam-None": ("adam", None), "sgd-0.5": ("sgd", 0.5)}
 
 
-@pytest.fixture(scope="session")  # (not "module": xdist may run a test of another module in between)
-def sequential_runs():
-    """Both optimizers' runs, one after the other on one cluster of a chief, 1 worker and 1 ps."""
+@pytest.fixture(scope="session")
+def sequential_runs(tmp_path_factory):
+    """Both optimizers' runs, one after the other on one cluster of a chief, 1 worker and 1 ps (once per test run)."""
     runs = [{"optimizer": optimizer, "max_staleness": 0, "clip": clip, "steps_per_execution": 2}
             for optimizer, clip in SEQUENTIAL.values()]
-    return launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "300", "--", sys.executable, "-c", CHIEF],
-                  env={"OPTIONS": json.dumps(runs)}, timeout=360)
+
+    def job(_):
+        result = launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "300", "--", sys.executable, "-c",
+                         CHIEF], env={"OPTIONS": json.dumps(runs)}, timeout=360)
+        return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+
+    return Result(**once_per_run(tmp_path_factory, "ps_sequential", job)[1])
 
 
 @pytest.mark.xdist_group("ps_sequential")  # one cluster for both

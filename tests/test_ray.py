@@ -1,6 +1,7 @@
 """Ray Train: a real local Ray cluster, 2 TensorflowTrainer workers, tfdp inside, against one device."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 import tfdp
 from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model, train
 from tests.reference import assert_weights_close as assert_close, plain_loop
-from tests.workers import run_python
+from tests.workers import Result, once_per_run, run_python
 
 # The Ray driver: starts one local Ray cluster, trains each case on 2 workers in turn (each
 # case in a directory of its own: its own backup, checkpoints and kill marker), prints one
@@ -89,13 +90,18 @@ finally:
 CASES = {"fit": ("fit", False), "fit-worker-killed": ("fit", True), "trainer-worker-killed": ("trainer", True)}
 
 
-@pytest.fixture(scope="session")  # (not "module": xdist may run a test of another module in between)
+@pytest.fixture(scope="session")
 def ray_runs(tmp_path_factory):
-    """The three cases, one after the other in one local Ray cluster: {case: (its directory, driver result)}."""
-    dirs = {case: tmp_path_factory.mktemp(case) for case in CASES}
-    runs = [(str(dirs[case]), {"loop": loop, "kill": kill}) for case, (loop, kill) in CASES.items()]
-    result = run_python(DRIVER, args=(json.dumps(runs),), timeout=900)
-    return {case: (dirs[case], result) for case in CASES}
+    """The three cases, one after the other in one local Ray cluster (once per test run):
+    {case: (its directory, driver result)}."""
+    def job(directory):
+        runs = [(str(directory / case), {"loop": loop, "kill": kill}) for case, (loop, kill) in CASES.items()]
+        for out, _ in runs:
+            os.makedirs(out)
+        return run_python(DRIVER, args=(json.dumps(runs),), timeout=900).as_dict()
+
+    directory, result = once_per_run(tmp_path_factory, "ray", job)
+    return {case: (directory / case, Result(**result)) for case in CASES}
 
 
 @pytest.mark.xdist_group("ray")  # one Ray cluster for the three cases

@@ -61,3 +61,13 @@ def test_missing_tensorflow_is_one_clear_message():
     assert result.returncode == 0, result.stderr
     assert "MESSAGE tfdp needs TensorFlow" in result.stdout
     assert 'pip install "tfdp[cpu]"' in result.stdout
+
+
+
+@pytest.mark.xdist_group("requirements")
+def test_xdist_groups_take_effect(request):
+    """Tests that share one job (xdist_group) run in one test process only on pytest < 9 (setup.cfg
+    pins it): pytest-xdist 3.8 marks a group in item._nodeid, which pytest 9 no longer reads."""
+    assert int(pytest.__version__.split(".")[0]) < 9, pytest.__version__
+    if request.config.getoption("dist", "no") == "loadgroup":  # the mark is in the id the scheduler groups by
+        assert request.node.nodeid.endswith("@requirements"), request.node.nodeid

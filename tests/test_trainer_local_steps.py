@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfdp
-from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model
+from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model, fp16_model
 from tests.reference import assert_weights_close as assert_close, plain_loop, textbook_step
 from tests.test_trainer import run_trainer
 from tests.workers import run_workers
@@ -203,7 +203,7 @@ def test_a_run_killed_between_averages_resumes_from_the_last_one_and_ends_the_sa
 
 
 FLOAT16_WORKER = """
-import json, keras, numpy as np, tensorflow as tf, tfdp
+import json, sys, keras, numpy as np, tensorflow as tf, tfdp
 strategy = tfdp.create_strategy()
 tfdp.training.set_mixed_precision("mixed_float16")
 from tests.models import fp16_model
@@ -214,15 +214,15 @@ keras.utils.set_random_seed(7)
 with strategy.scope():
     model = fp16_model()
 trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.05), loss="mse", strategy=strategy,
-                       mixed_precision="mixed_float16", local_steps=4)
+                       mixed_precision="mixed_float16", local_steps=4, model_dir=sys.argv[1])
 history = trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=4, verbose=0)
 print("RESULT " + json.dumps({"loss": history.history["loss"], "scale": float(trainer.loss_scale.scale.numpy()),
                               "weights": [w.tolist() for w in model.get_weights()]}))
 """
 
 
-def test_float16_local_steps_keep_a_loss_scale_per_worker_and_train():
-    results = run_workers(FLOAT16_WORKER, num_workers=2, timeout=180)
+def test_float16_local_steps_keep_a_loss_scale_per_worker_and_train(tmp_path, dtype_policy):
+    results = run_workers(FLOAT16_WORKER, num_workers=2, timeout=180, args=(str(tmp_path),))
     for r in results:
         assert r.returncode == 0, r.stderr[-3000:]
     reports = [r.json_lines()[0] for r in results]
@@ -230,3 +230,14 @@ def test_float16_local_steps_keep_a_loss_scale_per_worker_and_train():
     for report in reports:
         assert report["loss"][-1] < 0.2 * report["loss"][0]  # it learns the linear map
         assert report["scale"] > 1  # a finite, working loss scale of its own
+    # Its checkpoint (a loss scale per replica) cannot resume on another number of replicas.
+    dtype_policy("mixed_float16")
+    one = tfdp.create_strategy("one_device", devices=["/cpu:0"])
+    with one.scope():
+        model = fp16_model()
+    trainer = tfdp.Trainer(model, optimizer=keras.optimizers.SGD(0.05), loss="mse", strategy=one,
+                           mixed_precision="mixed_float16", local_steps=4, model_dir=str(tmp_path))
+    data = tf.data.Dataset.from_tensor_slices((np.ones((16, 4), "float32"), np.ones((16, 1), "float32"))).batch(16)
+    with pytest.raises(tfdp.ConfigError, match="written by 2 replicas, each with a float16 loss scale of its own, "
+                                               "and cannot resume on 1. Fix: resume on 2 replicas"):
+        trainer.fit(data, epochs=5, verbose=0)

@@ -11,8 +11,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
 
 from tfdp.launch import free_ports
 
@@ -24,6 +28,9 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
     def json_lines(self) -> list[dict]:
         """Lines the worker printed as `RESULT {...}`."""
@@ -120,6 +127,23 @@ def _lines_with(stream, text: str, *, count: int, seconds: float = 30) -> list[s
         *lines, pending = (pending + chunk).split(b"\n")
         found += [line for line in (raw.decode(errors="replace") for raw in lines) if text in line]
     return found[:count]
+
+
+def once_per_run(tmp_path_factory, name: str, job: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """Runs `job(directory)` once per test run, whichever test process (pytest-xdist) asks first.
+
+    A job several tests share (one cluster start-up for their cases) runs once even when the
+    tests land in different processes: the first to ask runs it under a file lock and keeps
+    its JSON result; the others wait for the lock and read it. Returns (its directory, result).
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # shared by every xdist process
+    directory, result_file = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not result_file.exists():
+            directory.mkdir(exist_ok=True)
+            result_file.write_text(json.dumps(job(directory)))
+        return directory, json.loads(result_file.read_text())
 
 
 LAUNCH = [sys.executable, "-m", "tfdp.launch"]

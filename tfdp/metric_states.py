@@ -24,7 +24,14 @@ def read(variables: Sequence) -> str:
     return json.dumps([np.asarray(v.numpy()).tolist() for v in variables])
 
 
-def restore(variables: Sequence, saved: str, *, strategy, where: str) -> bool:
+def fits(variables: Sequence, saved: str) -> bool:
+    """Whether `saved` (what `read` returned) has a value of the right shape for each variable."""
+    values = json.loads(saved)
+    return len(values) == len(variables) and all(np.shape(value) == tuple(v.shape)
+                                                 for value, v in zip(values, variables))
+
+
+def restore(variables: Sequence, saved: str, *, strategy, where: str, add: bool = False) -> bool:
     """Sets the metric variables to the `read` values `saved`; False (with a warning) when they do not fit.
 
     Args:
@@ -32,15 +39,16 @@ def restore(variables: Sequence, saved: str, *, strategy, where: str) -> bool:
         saved: what `read` returned, "" for nothing saved.
         strategy: the strategy the variables belong to.
         where: the checkpoint, named in the warning.
+        add: add the saved values to the variables' own (metrics built by the first step after
+            the resume, which already counted that step) instead of setting them.
     """
     if not saved:
         return False
-    values = json.loads(saved)
-    shapes = [tuple(v.shape) for v in variables]
-    if len(values) != len(variables) or any(np.shape(value) != shape for value, shape in zip(values, shapes)):
+    if not fits(variables, saved):
         logger.warning("tfdp: the metric state in %s does not fit this run's metrics; the resumed epoch's "
                        "logs cover the steps after the resume only.", where)
         return False
+    values = json.loads(saved)
     replicas = strategy.num_replicas_in_sync
 
     def assign():  # each replica holds its share: the sum over replicas (and workers) is the saved value
@@ -48,7 +56,7 @@ def restore(variables: Sequence, saved: str, *, strategy, where: str) -> bool:
             value = np.asarray(value, dtype=np.float64)
             if variable.aggregation == "sum":
                 value = value / replicas
-            variable.assign(value.astype(variable.dtype))
+            (variable.assign_add if add else variable.assign)(value.astype(variable.dtype))
 
     strategy.run(assign)
     return True

@@ -161,20 +161,28 @@ def _epoch_begin(self, epoch, logs=None):
         return
     model, train_function = self.model, self.model.train_function
     # The steps before the resume count in this epoch's logs (fit reset the metrics just before).
-    metric_states.restore(model.metrics_variables, progress.pop("metric_states", ""),
-                          strategy=model.distribute_strategy, where=progress.pop("where", self.backup_dir))
+    # Metrics that fit builds in its first step (no strategy scope) get them after that step.
+    saved, where = progress.pop("metric_states", ""), progress.pop("where", self.backup_dir)
+    strategy = model.distribute_strategy
+    pending = bool(saved) and not metric_states.fits(model.metrics_variables, saved)
+    if not pending:
+        metric_states.restore(model.metrics_variables, saved, strategy=strategy, where=where)
     left = [skip]
 
     def skipping_train_function(iterator):
         if left[0] <= 0:
             model.train_function = train_function
-            return train_function(iterator)
+            logs = train_function(iterator)
+            if pending and metric_states.restore(model.metrics_variables, saved, strategy=strategy, where=where,
+                                                 add=True):
+                logs = model.get_metrics_result()
+            return logs
         for _ in range(min(model.steps_per_execution, left[0])):
             next(iterator)  # Read past a batch the backup already trained on.
         left[0] -= model.steps_per_execution
         # Callbacks do not see this step; the last one gives fit the epoch's logs so far (the
         # restored metrics), which an epoch the backup held whole ends with.
-        return model.get_metrics_result() if left[0] <= 0 else {}
+        return model.get_metrics_result() if left[0] <= 0 and not pending else {}
 
     model.train_function = skipping_train_function
 

@@ -242,11 +242,18 @@ class Trainer:
         if restored is None:
             return None
         epoch, step, batches = self.position.values()
-        state = self.model_dir.run_state_restored()
+        state, now = self.model_dir.run_state_restored(), resume.job_shape(self.strategy)
+        written_by = state.get("written_by")
+        if written_by and written_by["replicas"] != now["replicas"] and self.local is not None and self.loss_scale:
+            raise ConfigError(
+                f"Trainer(model_dir={self.model_dir.path!r}, local_steps={self.local_steps}, "
+                f'mixed_precision="mixed_float16"): its checkpoint was written by {written_by["replicas"]} '
+                f"replicas, each with a float16 loss scale of its own, and cannot resume on {now['replicas']}. "
+                f"Fix: resume on {written_by['replicas']} replicas ({written_by['workers']} workers), or start "
+                "from a new model_dir.")
         self._restored_metric_states = state.get("metric_states", "")
         if self._chief:
-            resume.announce(restored, epoch=epoch, step=step, written_by=state.get("written_by"),
-                            now=resume.job_shape(self.strategy))
+            resume.announce(restored, epoch=epoch, step=step, written_by=written_by, now=now)
         return epoch, step, batches
 
     def fit(self, data, *, epochs: int = 1, initial_epoch: int = 0, steps_per_epoch: int | None = None,
