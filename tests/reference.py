@@ -71,8 +71,9 @@ def plain_loop(make_model, data, *, batch_size, epochs, clip=None, optimizer="sg
     return model.get_weights(), int(opt.iterations.numpy())
 
 
-def repeated_loop(optimizer: str, *, examples: int, batch_size: int, steps: int, clip=None):
-    """One device over `data.repeat().batch(batch_size)` (batches run across the data's end), `steps` steps.
+def repeated_loop(optimizer: str, *, examples: int, batch_size: int, steps: int, clip=None, read_again_every=None):
+    """One device over `data.repeat().batch(batch_size)` (batches run across the data's end), `steps` steps;
+    `read_again_every` N steps the data is read again from its beginning.
 
     Returns:
         (the weights, the optimizer's iterations).
@@ -81,8 +82,11 @@ def repeated_loop(optimizer: str, *, examples: int, batch_size: int, steps: int,
     model = dict_model()
     opt = OPTIMIZERS[optimizer]()
     x, y = dict_data(examples)
-    batches = iter(tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch_size))
-    for _ in range(steps):
+    data = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch_size)
+    batches = iter(data)
+    for step in range(steps):
+        if read_again_every and step and step % read_again_every == 0:
+            batches = iter(data)
         xb, yb = next(batches)
         textbook_step(model, opt, xb, yb, clip=clip)
     return model.get_weights(), int(opt.iterations.numpy())

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -66,11 +67,15 @@ SEQUENTIAL = {"adam-None": ("adam", None), "sgd-0.5": ("sgd", 0.5)}
 
 @pytest.fixture(scope="session")
 def sequential_runs(tmp_path_factory):
-    """Both optimizers' runs, one after the other on one cluster of a chief, 1 worker and 1 ps (once per test run)."""
-    runs = [{"optimizer": optimizer, "max_staleness": 0, "clip": clip, "steps_per_execution": 2}
-            for optimizer, clip in SEQUENTIAL.values()]
-
-    def job(_):
+    """Both optimizers' runs and a resumed run, one after the other on one cluster of a chief, 1 worker
+    and 1 ps (once per test run)."""
+    def job(directory):
+        runs = [{"optimizer": optimizer, "max_staleness": 0, "clip": clip, "steps_per_execution": 2}
+                for optimizer, clip in SEQUENTIAL.values()]
+        # What a resumed asynchronous run promises: a fit of 1 epoch, then one of 2 in its model_dir
+        # (a Trainer of its own, restored from the checkpoint) that trains the second epoch.
+        runs += [{"optimizer": "adam", "max_staleness": 0, "model_dir": str(directory / "model_dir"),
+                  "epochs": epochs, "resume": True} for epochs in (1, 2)]
         result = launch(["--num_workers", "1", "--num_ps", "1", "--job_timeout", "300", "--", sys.executable, "-c",
                          CHIEF], env={"OPTIONS": json.dumps(runs)}, timeout=360)
         return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
@@ -83,12 +88,29 @@ def sequential_runs(tmp_path_factory):
 def test_one_worker_with_max_staleness_0_equals_one_device(sequential_runs, optimizer, clip):
     result = sequential_runs
     assert result.returncode == 0, result.stderr[-3000:]
-    report = next(r for r in results_of(result.stdout) if r["options"]["optimizer"] == optimizer)
+    report = next(r for r in results_of(result.stdout)
+                  if r["options"]["optimizer"] == optimizer and "resume" not in r["options"])
     expected, iterations = repeated_loop(optimizer, examples=EXAMPLES, batch_size=BATCH, steps=STEPS * EPOCHS,
                                          clip=clip)
     assert report["iterations"] == iterations == 10
     assert_weights_close(report["weights"], expected)
     assert "staleness of the applied updates" in result.stdout and "-> count: 0: 5" in result.stdout
+
+
+@pytest.mark.xdist_group("ps_sequential")
+def test_a_resumed_asynchronous_run_keeps_the_model_and_reads_the_data_again(sequential_runs):
+    """docs/async.md's promise: the model, the optimizer and the epoch resume from the checkpoint;
+    the workers read their data again from its beginning (here: 5 steps, then the same 5 batches)."""
+    assert sequential_runs.returncode == 0, sequential_runs.stderr[-3000:]
+    first, resumed = [r for r in results_of(sequential_runs.stdout) if "resume" in r["options"]]
+    assert first["iterations"] == STEPS and resumed["iterations"] == 2 * STEPS
+    assert len(resumed["loss"]) == 1  # the second epoch alone
+    assert "at epoch 1 step 0" in sequential_runs.stdout
+    expected, _ = repeated_loop("adam", examples=EXAMPLES, batch_size=BATCH, steps=2 * STEPS, read_again_every=STEPS)
+    assert_weights_close(resumed["weights"], expected)
+    continued, _ = repeated_loop("adam", examples=EXAMPLES, batch_size=BATCH, steps=2 * STEPS)
+    assert not np.allclose(np.concatenate([np.ravel(w) for w in continued]),  # the data position is not kept
+                           np.concatenate([np.ravel(w) for w in expected]), atol=1e-5)
 
 
 def test_two_workers_report_staleness_and_drop_what_exceeds_the_bound(tmp_path):
@@ -268,6 +290,21 @@ def _serving_pid(line: str) -> int:
     return int(line.rsplit("(pid ", 1)[1].rstrip(")\n"))
 
 
+def _child_pid(parent: int, task_type: str) -> int:
+    """The pid of the launcher's child that runs `task_type` (read from its TF_CONFIG)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        except (OSError, ValueError):
+            continue
+        if ppid == parent and json.loads(environ.get(b"TF_CONFIG", b"{}")).get("task", {}).get("type") == task_type:
+            return int(entry)
+    raise AssertionError(f"no {task_type} among the children of {parent}")
+
+
 def test_digits_recipe_with_two_workers_survives_a_killed_worker(tmp_path):
     """The issue's done-when: chief + 2 workers + 1 ps reach >= 0.95 with worker 1 SIGKILLed mid-run."""
     command = [*LAUNCH, "--num_workers", "2", "--num_ps", "1", "--max_restarts", "1", "--job_timeout", "240", "--",
@@ -280,7 +317,12 @@ def test_digits_recipe_with_two_workers_survives_a_killed_worker(tmp_path):
         serving = _lines_with(launcher.stdout, "[worker 1] tfdp: worker 1 serving the chief", count=1, seconds=120)
         assert serving, "worker 1 never served"
         assert _lines_with(launcher.stdout, "[chief] Epoch 3/14", count=1, seconds=120), "training never started"
+        chief = _child_pid(launcher.pid, "chief")
+        os.kill(chief, signal.SIGSTOP)  # the chief waits for the restarted worker: 11 epochs take less than a restart
         os.kill(_serving_pid(serving[0]), signal.SIGKILL)
+        rejoined = _lines_with(launcher.stdout, "[worker 1] tfdp: worker 1 serving the chief", count=1, seconds=120)
+        os.kill(chief, signal.SIGCONT)
+        assert rejoined and _serving_pid(rejoined[0]) != _serving_pid(serving[0]), "worker 1 was not restarted"
         stdout, stderr = launcher.communicate(timeout=240)
     finally:
         if launcher.poll() is None:
@@ -288,7 +330,7 @@ def test_digits_recipe_with_two_workers_survives_a_killed_worker(tmp_path):
             launcher.wait()
     assert launcher.returncode == 0, stderr[-3000:]
     assert "tfdp-launch: worker 1 lost (killed by signal SIGKILL); restarting it alone, on its address" in stderr
-    assert "[worker 1] tfdp: worker 1 serving the chief" in stdout  # the restarted worker rejoined the cluster
+    assert "[chief] Epoch 14/14" in stdout  # the chief trained on after worker 1 came back
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["eval"]["accuracy"] >= 0.95 and results["config"]["workers"] == 2 and results["config"]["ps"] == 1
 
