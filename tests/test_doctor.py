@@ -1,4 +1,4 @@
-"""`tfdp doctor`: one device vs N CPU replicas of a model, each in a real process of its own."""
+"""`tfdp doctor`: one device vs N CPU replicas of a model, both in a real process of their own (not the test's)."""
 
 from __future__ import annotations
 

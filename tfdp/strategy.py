@@ -85,7 +85,7 @@ def _check_arguments(name: str, num_cpu_replicas: int | None, devices: Sequence[
                           '"mirrored". Start more workers for more CPU replicas (tfdp-launch --num_workers N).')
 
 
-def _configure_cpu_replicas(count: int) -> None:
+def configure_cpu_replicas(count: int) -> None:
     """Splits the physical CPU into `count` logical devices (once, before TF starts)."""
     tf = import_tensorflow()
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -286,7 +286,7 @@ def create_strategy(name: str = "auto", *, num_cpu_replicas: int | None = None,
     from tfdp import keras_fixes, preemption
 
     if num_cpu_replicas is not None:
-        _configure_cpu_replicas(num_cpu_replicas)
+        configure_cpu_replicas(num_cpu_replicas)
     has_gpus = bool(tf.config.list_physical_devices("GPU"))
 
     if resolved == "parameter_server":

@@ -2,7 +2,7 @@
 
 `compare(model="my_models:build", data="my_data:load")` trains K steps on one device
 (plain Keras) and on N CPU replicas (a tfdp "mirrored" strategy) from the same initial
-weights on the same global batches, each in a process of its own, and returns a
+weights on the same global batches, in a process of their own, and returns a
 `Report`: the largest weight difference per layer, a verdict against a stated
 tolerance, and the likely cause by name when they differ — unsynchronised
 BatchNormalization, layers that draw random numbers in training (Dropout's masks differ
@@ -106,22 +106,22 @@ def _check(replicas: int, steps: int, global_batch_size: int, tolerance: float) 
         raise ConfigError(f"tfdp doctor tolerance={tolerance!r}: must be > 0")
 
 
-def _run(side: str, out: str, args: list[str], timeout_seconds: float) -> None:
+def _run(out: str, args: list[str], timeout_seconds: float) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     env.pop("TF_CONFIG", None)  # the comparison runs on this machine alone,
     env["CUDA_VISIBLE_DEVICES"] = ""  # on the CPU: one CPU device against N CPU replicas
     try:
-        done = subprocess.run([sys.executable, "-m", "tfdp.doctor.run_side", "--side", side, "--out", out, *args], env=env, capture_output=True, text=True, timeout=timeout_seconds)  # noqa: E501
+        done = subprocess.run([sys.executable, "-m", "tfdp.doctor.run_side", "--out", out, *args], env=env, capture_output=True, text=True, timeout=timeout_seconds)  # noqa: E501
     except subprocess.TimeoutExpired:
-        raise ConfigError(f"tfdp doctor: the {side}-side run took longer than {timeout_seconds:g} s. Fix: fewer "
+        raise ConfigError(f"tfdp doctor: the run took longer than {timeout_seconds:g} s. Fix: fewer "
                           "--steps, a smaller model, or a larger timeout") from None
     error_file = os.path.join(out, "error.txt")
     if os.path.exists(error_file):
         raise ConfigError(open(error_file).read())
     if done.returncode != 0:
         tail = "\n".join(f"    {line}" for line in done.stderr.strip().splitlines()[-15:])
-        what = "on one device" if side == "one" else "on the replicas"
+        what = "on the replicas" if os.path.exists(os.path.join(out, "one.json")) else "on one device"
         raise ConfigError(f"tfdp doctor: training {what} failed (exit code {done.returncode}); its last "
                           f"output:\n{tail}")
 
@@ -215,7 +215,7 @@ def compare(model: str | Callable[[], Any] = BUILTIN_MODEL, data: str | Callable
         tolerance: largest relative weight difference still called equivalent.
         training_randomness: False runs the layers found to draw random numbers in
             training with training=False on both sides, to check the rest.
-        timeout_seconds: bound on each side's run.
+        timeout_seconds: bound on the run of both sides.
 
     Returns:
         The Report.
@@ -231,8 +231,7 @@ def compare(model: str | Callable[[], Any] = BUILTIN_MODEL, data: str | Callable
     args = ["--model", model_spec, "--data", data_spec, "--replicas", str(replicas), "--steps", str(steps),
             "--global_batch_size", str(global_batch_size)] + ([] if training_randomness else ["--no_training_randomness"])
     with tempfile.TemporaryDirectory(prefix="tfdp-doctor-") as out:
-        _run("one", out, args, timeout_seconds)
-        _run("replicas", out, args, timeout_seconds)
+        _run(out, args, timeout_seconds)
         facts = json.load(open(os.path.join(out, "one.json")))
         many = json.load(open(os.path.join(out, "replicas.json")))
         layers = _differences(out, facts["variables"])

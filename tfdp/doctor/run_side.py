@@ -1,12 +1,15 @@
-"""One side of a doctor comparison, in a process of its own (TensorFlow fixes its devices
-at start-up, so one device and N CPU replicas cannot share a process).
+"""Both sides of a doctor comparison, one after the other in a process of their own.
 
-    python -m tfdp.doctor.run_side --side one|replicas --model M:F --data M:F --out DIR ...
+    python -m tfdp.doctor.run_side --model M:F --data M:F --replicas N --out DIR ...
 
-The one-device side is plain Keras (no tfdp strategy): it builds the model, writes its
-initial weights, probes which layers draw random numbers in training, trains and writes
-the final weights. The replicas side builds the same model inside a tfdp "mirrored"
-strategy of N CPU replicas, loads those initial weights and trains on the same batches.
+The process splits its CPU into N logical devices before TensorFlow starts. The
+one-device side is plain Keras (no tfdp strategy, tfdp's repairs not yet installed: it
+runs on the first CPU device): it builds the model, writes its initial weights, probes
+which layers draw random numbers in training, trains and writes the final weights. Then
+Keras's global state is cleared (the layers get the same names again) and the replicas
+side builds the same model inside a tfdp "mirrored" strategy of the N CPU replicas,
+loads those initial weights and trains on the same batches. One process instead of one
+per side: TensorFlow starts once.
 """
 
 from __future__ import annotations
@@ -132,15 +135,9 @@ def _model_facts(model, keras) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> None:
-    import tfdp
-
-    strategy = (tfdp.create_strategy("mirrored", num_cpu_replicas=args.replicas) if args.side == "replicas"
-                else None)
-    import keras
-    import tensorflow as tf
-
-    model_fn, data_fn = load_function(args.model, "--model"), load_function(args.data, "--data")
+def _train_side(side: str, args: argparse.Namespace, model_fn, data_fn, strategy, random_off: set[str] | None,
+                tf, keras) -> dict[str, Any]:
+    """Builds, (for "replicas": loads the initial weights into), trains and saves one side; its summary."""
     keras.utils.set_random_seed(SEED)
     dataset = _dataset(data_fn, tf).batch(args.global_batch_size).repeat()
     batch_x = next(iter(dataset))[0]
@@ -151,8 +148,8 @@ def run(args: argparse.Namespace) -> None:
             model = _build_model(model_fn, keras)
     if not model.built or not model.weights:
         model(batch_x)  # a subclassed model makes its weights on its first call
-    summary: dict[str, Any] = {"side": args.side, "replicas": args.replicas if strategy else 1}
-    if args.side == "one":
+    summary: dict[str, Any] = {"side": side, "replicas": args.replicas if strategy else 1}
+    if side == "one":
         summary.update(_model_facts(model, keras))
         summary["random_layers"] = random_layers(model, batch_x, tf, keras)
         np.savez(os.path.join(args.out, INITIAL), *[v.numpy() for v in model.weights])
@@ -160,23 +157,38 @@ def run(args: argparse.Namespace) -> None:
         with np.load(os.path.join(args.out, INITIAL)) as initial:
             model.set_weights([initial[f"arr_{i}"] for i in range(len(initial.files))])
     if args.no_training_randomness:
-        off = json.load(open(os.path.join(args.out, SUMMARY.format(side="one"))))["random_layers"] \
-            if args.side == "replicas" else summary["random_layers"]
-        names = {entry["name"] for entry in off if entry["can_turn_off"]}
+        if random_off is None:
+            random_off = {entry["name"] for entry in summary["random_layers"] if entry["can_turn_off"]}
         for layer in _layers(model):
-            if layer.name in names:
+            if layer.name in random_off:
                 layer.call = _without_training(layer.call)
     keras.utils.set_random_seed(SEED)
     history = model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=False)
     summary["metrics"] = {name: float(values[-1]) for name, values in history.history.items()}
-    np.savez(os.path.join(args.out, FINAL.format(side=args.side)), *[v.numpy() for v in model.weights])
-    with open(os.path.join(args.out, SUMMARY.format(side=args.side)), "w") as f:
+    np.savez(os.path.join(args.out, FINAL.format(side=side)), *[v.numpy() for v in model.weights])
+    with open(os.path.join(args.out, SUMMARY.format(side=side)), "w") as f:
         json.dump(summary, f)
+    return summary
+
+
+def run(args: argparse.Namespace) -> None:
+    import tfdp
+    from tfdp.strategy import configure_cpu_replicas
+
+    configure_cpu_replicas(args.replicas)  # before TensorFlow starts; the one-device side uses the first
+    import keras
+    import tensorflow as tf
+
+    model_fn, data_fn = load_function(args.model, "--model"), load_function(args.data, "--data")
+    one = _train_side("one", args, model_fn, data_fn, None, None, tf, keras)
+    keras.backend.clear_session()  # the replicas' layers are named as the one device's
+    strategy = tfdp.create_strategy("mirrored", num_cpu_replicas=args.replicas)
+    random_off = {entry["name"] for entry in one["random_layers"] if entry["can_turn_off"]}
+    _train_side("replicas", args, model_fn, data_fn, strategy, random_off, tf, keras)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfdp.doctor.run_side")
-    parser.add_argument("--side", choices=["one", "replicas"], required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--replicas", type=int, required=True)
