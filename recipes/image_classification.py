@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 recipe_flags.define_strategy_flags()
 recipe_flags.define_training_flags(global_batch_size=64, epochs=20, learning_rate=0.003)
 recipe_flags.define_enum("dataset", "digits", datasets.NAMES,
-                         "digits: scikit-learn's digits, written once as a local TFDS dataset (no download); "
+                         "digits: the UCI digits the recipes ship, written once as a local TFDS dataset (no download); "
                          "synthetic: random images for benchmarks; mnist/fashion_mnist/cifar10: TFDS data "
                          "already prepared under --data_dir.")
 flags.DEFINE_string("data_dir", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"),
