@@ -135,9 +135,10 @@ def _model_facts(model, keras) -> dict[str, Any]:
     }
 
 
-def _train_side(side: str, args: argparse.Namespace, model_fn, data_fn, strategy, random_off: set[str] | None,
+def _train_side(side: str, args: argparse.Namespace, model_fn, data_fn, strategy, probed: list | None,
                 tf, keras) -> dict[str, Any]:
-    """Builds, (for "replicas": loads the initial weights into), trains and saves one side; its summary."""
+    """Builds, trains and saves one side; its summary. "one" probes the random layers and writes the
+    initial weights; "replicas" loads those and takes `probed`, the random layers "one" found."""
     keras.utils.set_random_seed(SEED)
     dataset = _dataset(data_fn, tf).batch(args.global_batch_size).repeat()
     batch_x = next(iter(dataset))[0]
@@ -151,14 +152,13 @@ def _train_side(side: str, args: argparse.Namespace, model_fn, data_fn, strategy
     summary: dict[str, Any] = {"side": side, "replicas": args.replicas if strategy else 1}
     if side == "one":
         summary.update(_model_facts(model, keras))
-        summary["random_layers"] = random_layers(model, batch_x, tf, keras)
+        summary["random_layers"] = probed = random_layers(model, batch_x, tf, keras)
         np.savez(os.path.join(args.out, INITIAL), *[v.numpy() for v in model.weights])
     else:
         with np.load(os.path.join(args.out, INITIAL)) as initial:
             model.set_weights([initial[f"arr_{i}"] for i in range(len(initial.files))])
     if args.no_training_randomness:
-        if random_off is None:
-            random_off = {entry["name"] for entry in summary["random_layers"] if entry["can_turn_off"]}
+        random_off = {entry["name"] for entry in probed if entry["can_turn_off"]}
         for layer in _layers(model):
             if layer.name in random_off:
                 layer.call = _without_training(layer.call)
@@ -183,8 +183,7 @@ def run(args: argparse.Namespace) -> None:
     one = _train_side("one", args, model_fn, data_fn, None, None, tf, keras)
     keras.backend.clear_session()  # the replicas' layers are named as the one device's
     strategy = tfdp.create_strategy("mirrored", num_cpu_replicas=args.replicas)
-    random_off = {entry["name"] for entry in one["random_layers"] if entry["can_turn_off"]}
-    _train_side("replicas", args, model_fn, data_fn, strategy, random_off, tf, keras)
+    _train_side("replicas", args, model_fn, data_fn, strategy, one["random_layers"], tf, keras)
 
 
 def main(argv: list[str] | None = None) -> int:
