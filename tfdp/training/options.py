@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import numbers
 import sys
 import warnings
 from collections.abc import Callable, Mapping
 
 import keras
 
-from tfdp.errors import ConfigError, did_you_mean
+from tfdp.errors import ConfigError, check_whole, did_you_mean
 from tfdp.roles import num_workers
 
 
@@ -34,6 +36,37 @@ def renamed_options(given: Mapping[str, object], *, call: str, signature_of: Cal
                       DeprecationWarning, stacklevel=3)
         values[RENAMED[old]] = value
     return values
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """The Trainer's whole-number options, checked (None: not given)."""
+
+    gradient_accumulation_steps: int
+    steps_per_execution: int
+    save_every_steps: int | None
+    summary_every_steps: int | None
+    local_steps: int
+
+
+def check_numbers(*, gradient_accumulation_steps, steps_per_execution, max_checkpoints, save_every_steps,
+                  summary_every_steps, local_steps, model_dir, global_clipnorm) -> Counts:
+    """The Trainer's numeric options: whole numbers >= 1 where they count, a positive clip norm,
+    a model_dir where checkpoints are asked for. Raises ConfigError naming the option."""
+    counts = Counts(
+        gradient_accumulation_steps=check_whole("gradient_accumulation_steps", gradient_accumulation_steps,
+                                                call="Trainer"),
+        steps_per_execution=check_whole("steps_per_execution", steps_per_execution, call="Trainer"),
+        save_every_steps=check_whole("save_every_steps", save_every_steps, call="Trainer", allow_none=True),
+        summary_every_steps=check_whole("summary_every_steps", summary_every_steps, call="Trainer", allow_none=True),
+        local_steps=check_whole("local_steps", local_steps, call="Trainer"))
+    check_whole("max_checkpoints", max_checkpoints, call="Trainer")
+    if counts.save_every_steps and not model_dir:
+        raise ConfigError(f"Trainer(save_every_steps={save_every_steps}): checkpoints need a place. "
+                          "Fix: give model_dir too.")
+    if global_clipnorm is not None and not (isinstance(global_clipnorm, numbers.Real) and global_clipnorm > 0):
+        raise ConfigError(f"Trainer(global_clipnorm={global_clipnorm!r}): must be > 0, or None.")
+    return counts
 
 
 def check_optimizer(optimizer) -> None:

@@ -105,26 +105,21 @@ class Trainer:
                  local_steps: int = 1, outer_optimizer=None,
                  summary_every_steps: int | None = None, max_staleness: int | None = None, **old_names):
         renamed = options.renamed_options(old_names, call="Trainer", signature_of=Trainer.__init__)
-        gradient_accumulation_steps = renamed.get("gradient_accumulation_steps", gradient_accumulation_steps)
         global_clipnorm = renamed.get("global_clipnorm", global_clipnorm)
-        steps_per_execution = renamed.get("steps_per_execution", steps_per_execution)
         precision.check_model_matches(model, mixed_precision)
         self.model, self.strategy = model, strategy
-        self.gradient_accumulation_steps = check_whole("gradient_accumulation_steps", gradient_accumulation_steps,
-                                                       call="Trainer")
-        self.steps_per_execution = check_whole("steps_per_execution", steps_per_execution, call="Trainer")
-        check_whole("max_checkpoints", max_checkpoints, call="Trainer")
-        self.save_every_steps = check_whole("save_every_steps", save_every_steps, call="Trainer", allow_none=True)
-        self.summary_every_steps = check_whole("summary_every_steps", summary_every_steps, call="Trainer",
-                                               allow_none=True)
+        checked = options.check_numbers(
+            gradient_accumulation_steps=renamed.get("gradient_accumulation_steps", gradient_accumulation_steps),
+            steps_per_execution=renamed.get("steps_per_execution", steps_per_execution),
+            max_checkpoints=max_checkpoints, save_every_steps=save_every_steps,
+            summary_every_steps=summary_every_steps, local_steps=local_steps, model_dir=model_dir,
+            global_clipnorm=global_clipnorm)
+        self.gradient_accumulation_steps, self.steps_per_execution = (checked.gradient_accumulation_steps,
+                                                                      checked.steps_per_execution)
+        self.save_every_steps, self.summary_every_steps = checked.save_every_steps, checked.summary_every_steps
+        self.local_steps = checked.local_steps
         self._last_summary_step = 0
-        if self.save_every_steps and not model_dir:
-            raise ConfigError(f"Trainer(save_every_steps={save_every_steps}): checkpoints need a place. "
-                              "Fix: give model_dir too.")
-        if global_clipnorm is not None and not (isinstance(global_clipnorm, numbers.Real) and global_clipnorm > 0):
-            raise ConfigError(f"Trainer(global_clipnorm={global_clipnorm!r}): must be > 0, or None.")
         self.all_reduce_dtype = check_choice("Trainer(all_reduce_dtype)", all_reduce_dtype, ALL_REDUCE_DTYPES)
-        self.local_steps = check_whole("local_steps", local_steps, call="Trainer")
         options.check_local_steps(self.local_steps, outer_optimizer=outer_optimizer, strategy=strategy,
                            mixed_precision=mixed_precision, all_reduce_dtype=self.all_reduce_dtype,
                            save_every_steps=self.save_every_steps)
