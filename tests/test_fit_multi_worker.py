@@ -1,6 +1,7 @@
 """model.fit on 2 real worker processes equals one device at the same global batch."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ CONFIGS = {
 }
 
 WORKER = """
-import json, keras, tensorflow as tf, tfdp
+import json, os, keras, tensorflow as tf, tfdp
 from tests.models import dict_data, dict_model, train
 strategy = tfdp.create_strategy()  # "auto": TF_CONFIG names 2 workers
 for n, configs in {cases}.items():
@@ -52,20 +53,31 @@ def configs_for(n: int) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def two_worker_fits(tmp_path_factory):
-    """Both data sizes in one 2-worker job (one cluster, one start-up, once per test run): each worker's result."""
+    """One 2-worker job (one cluster, one start-up, once per test run) for both data sizes, then
+    the callbacks case (SHARED_DIR) and the tutorial's shape (TUTORIAL_DIR): (its directory, each
+    worker's result)."""
     cases = {n: configs_for(n) for n in SIZES}
-    _, results = once_per_run(tmp_path_factory, "fit_two_workers", lambda _: [
-        r.as_dict() for r in run_workers(WORKER.format(cases=cases), num_workers=2, timeout=300)])
-    return [Result(**r) for r in results]
+    code = WORKER.format(cases=cases) + CALLBACKS_CASE + TUTORIAL_CASE
+
+    def job(directory):
+        env = {name: str(directory / sub) for name, sub in
+               (("SHARED_DIR", "shared"), ("TMPDIR", "tmp"), ("TUTORIAL_DIR", "tutorial"))}
+        for path in env.values():
+            os.makedirs(path)
+        return [r.as_dict() for r in run_workers(code, num_workers=2, timeout=300, env=env)]
+
+    directory, results = once_per_run(tmp_path_factory, "fit_two_workers", job)
+    return directory, [Result(**r) for r in results]
 
 
-@pytest.mark.xdist_group("fit_two_workers")  # one job for both sizes
+@pytest.mark.xdist_group("fit_two_workers")  # one job for both sizes, the callbacks and the tutorial
 @pytest.mark.parametrize("n", SIZES)
 def test_fit_on_two_workers_equals_one_device(two_worker_fits, n):
     configs = configs_for(n)
-    for r in two_worker_fits:
+    _, results = two_worker_fits
+    for r in results:
         assert r.returncode == 0, r.stderr[-3000:]
-    reports = [next(line for line in r.json_lines() if line["n"] == n) for r in two_worker_fits]
+    reports = [next(line for line in r.json_lines() if line.get("n") == n) for r in results]
     assert [rep["chief"] for rep in reports] == [True, False]
     one = tfdp.create_strategy("one_device", devices=["/cpu:0"])
     for name in configs:
@@ -87,30 +99,29 @@ def test_fit_on_two_workers_equals_one_device(two_worker_fits, n):
         np.testing.assert_allclose(predicted, reference.predict(x, batch_size=GLOBAL_BATCH, verbose=0), atol=1e-5)
 
 
-CALLBACKS_WORKER = """
-import json, os, tfdp, keras
-from tests.models import dict_data, dict_model, train
+# Runs after `strategy` exists (in the shared job, and alone on stock Keras below).
+CALLBACKS_CASE = """
 shared = os.environ["SHARED_DIR"]
-strategy = tfdp.create_strategy()
+keras.backend.clear_session()  # the case's model as in a fresh process
 callbacks = [
-    keras.callbacks.ModelCheckpoint(os.path.join(shared, "ckpt-{{epoch}}.weights.h5"), save_weights_only=True),
+    keras.callbacks.ModelCheckpoint(os.path.join(shared, "ckpt-{epoch}.weights.h5"), save_weights_only=True),
     keras.callbacks.TensorBoard(os.path.join(shared, "tb")),
     keras.callbacks.BackupAndRestore(os.path.join(shared, "backup"), delete_checkpoint=False),
 ]
 model, _ = train(strategy, dict_model, dict_data(45), epochs=2, fit_kwargs=dict(callbacks=callbacks, verbose=1))
-print("RESULT " + json.dumps({{"chief": tfdp.is_chief(strategy)}}))
+print("RESULT " + json.dumps({"callbacks_chief": tfdp.is_chief(strategy)}), flush=True)
 """
 
 
-def test_only_the_chief_writes_the_users_files_and_prints_progress(tmp_path):
-    shared, private_tmp = tmp_path / "shared", tmp_path / "tmp"
-    shared.mkdir()
-    private_tmp.mkdir()
-    results = run_workers(CALLBACKS_WORKER.format(), num_workers=2, timeout=180,
-                          env={"SHARED_DIR": str(shared), "TMPDIR": str(private_tmp)})
+@pytest.mark.xdist_group("fit_two_workers")
+def test_only_the_chief_writes_the_users_files_and_prints_progress(two_worker_fits):
+    directory, results = two_worker_fits
+    shared, private_tmp = directory / "shared", directory / "tmp"
     for r in results:
         assert r.returncode == 0, r.stderr[-3000:]
     chief, worker = results
+    assert [line["callbacks_chief"] for r in results for line in r.json_lines() if "callbacks_chief" in line] == [
+        True, False]
     assert sorted(p.name for p in shared.iterdir()) == ["backup", "ckpt-1.weights.h5", "ckpt-2.weights.h5", "tb"]
     assert sorted(p.name for p in (shared / "backup").iterdir()) == [  # the previous backup is kept too
         "latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json", "training_metadata.json.bkp"]
@@ -119,9 +130,12 @@ def test_only_the_chief_writes_the_users_files_and_prints_progress(tmp_path):
     assert not [p for p in private_tmp.iterdir() if p.name.startswith("tfdp-worker-")]  # removed
 
 
-STOCK_CALLBACKS_WORKER = CALLBACKS_WORKER.replace(
-    "strategy = tfdp.create_strategy()",
-    "strategy = tfdp.create_strategy(timeout_seconds=60)\ntfdp.keras_fixes.install(exclude=['chief_writes'])")
+STOCK_CALLBACKS_WORKER = """
+import json, os, keras, tfdp
+from tests.models import dict_data, dict_model, train
+strategy = tfdp.create_strategy(timeout_seconds=60)
+tfdp.keras_fixes.install(exclude=["chief_writes"])
+""" + CALLBACKS_CASE
 
 
 def test_stock_callbacks_write_from_every_worker(tmp_path):
@@ -233,12 +247,12 @@ def test_two_workers_sharing_a_backup_survive_a_sigkill_and_a_torn_backup(tmp_pa
     assert_resumed_like_an_uninterrupted_run(tmp_path, resumed_at=(0, 6), batch_logs=False)
 
 
-TUTORIAL_WORKER = """
-# The Keras multi-worker tutorial's shape, with tfdp's strategy: a repeated, shuffled
-# dataset with steps_per_epoch, BackupAndRestore, and model.save on the chief only.
-import json, os, sys, numpy as np, tensorflow as tf, keras, tfdp
-run_dir = sys.argv[1]
-strategy = tfdp.create_strategy("multi_worker")
+# The Keras multi-worker tutorial's shape, with tfdp's strategy (the shared job's): a repeated,
+# shuffled dataset with steps_per_epoch, BackupAndRestore, and model.save on the chief only.
+TUTORIAL_CASE = """
+import numpy as np
+run_dir = os.environ["TUTORIAL_DIR"]
+keras.backend.clear_session()
 x = np.random.default_rng(0).normal(size=(256, 8, 8, 1)).astype("float32")
 y = (x.mean(axis=(1, 2, 3)) > 0).astype("int64")
 dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(256, seed=1).repeat().batch(32)
@@ -251,17 +265,18 @@ model.fit(dataset, epochs=3, steps_per_epoch=5, verbose=0,
           callbacks=[keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"))])
 if tfdp.is_chief(strategy):
     model.save(os.path.join(run_dir, "model.keras"))
-print("RESULT " + json.dumps({"weights": [w.tolist() for w in model.get_weights()]}))
+print("RESULT " + json.dumps({"tutorial": [w.tolist() for w in model.get_weights()]}), flush=True)
 """
 
 
-def test_the_multi_worker_tutorial_pattern_runs_on_two_workers(tmp_path):
-    results = run_workers(TUTORIAL_WORKER, num_workers=2, timeout=180, args=(str(tmp_path),))
+@pytest.mark.xdist_group("fit_two_workers")
+def test_the_multi_worker_tutorial_pattern_runs_on_two_workers(two_worker_fits):
+    directory, results = two_worker_fits
     for r in results:
         assert r.returncode == 0, r.stderr[-3000:]
-    chief, worker = (r.json_lines()[0]["weights"] for r in results)
+    chief, worker = ([line["tutorial"] for line in r.json_lines() if "tutorial" in line][0] for r in results)
     for a, b in zip(chief, worker):
         np.testing.assert_array_equal(np.array(a), np.array(b))
-    saved = keras.models.load_model(tmp_path / "model.keras")
+    saved = keras.models.load_model(directory / "tutorial" / "model.keras")
     for a, b in zip(saved.get_weights(), chief):
         np.testing.assert_array_equal(a, np.array(b))

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tfdp
 from tests.models import GLOBAL_BATCH, OPTIMIZERS, dict_data, dict_model
 from tests.reference import running_means, assert_weights_close as assert_close, plain_loop
-from tests.workers import ROOT, _env, run_python, run_workers
+from tests.workers import ROOT, Result, _env, once_per_run, run_python, run_workers
 
 
 def run_trainer(strategy, data, *, epochs=2, batch_size=GLOBAL_BATCH, optimizer="sgd", steps_per_epoch=None,
@@ -188,20 +188,49 @@ print("RESULT " + json.dumps({"weights": [w.tolist() for w in model.get_weights(
 """
 
 
-@pytest.mark.parametrize("optimizer,options,reference,n", [
-    ("sgd", {}, {}, 45),
-    ("adam", {"steps_per_execution": 2, "global_clipnorm": 0.05, "gradient_accumulation_steps": 2},
-     {"clip": 0.05, "accumulate": 2}, 45),
-], ids=["sgd-plain", "adam-all-together"])
-def test_two_workers_equal_a_plain_single_device_loop(optimizer, options, reference, n):
-    results = run_workers(WORKER, num_workers=2, timeout=180,
-                          env={"OPTIONS": json.dumps(options), "N": str(n), "OPTIMIZER": optimizer})
-    for r in reversed(results):
+# The cases of one 2-worker job: id -> (optimizer, Trainer options, plain_loop options, examples).
+TWO_WORKER_CASES = {
+    "sgd-plain": ("sgd", {}, {}, 45),
+    "adam-all-together": ("adam", {"steps_per_execution": 2, "global_clipnorm": 0.05, "gradient_accumulation_steps": 2},
+                          {"clip": 0.05, "accumulate": 2}, 45),
+}
+CASES_WORKER = """
+import json, sys, keras, tensorflow as tf, tfdp
+from tests.models import OPTIMIZERS, dict_data, dict_model
+strategy = tfdp.create_strategy()
+for case, (optimizer, options, _, n) in json.loads(sys.argv[1]).items():
+    x, y = dict_data(n)
+    keras.backend.clear_session()  # each case's model as in a fresh process
+    keras.utils.set_random_seed(7)
+    with strategy.scope():
+        model = dict_model()
+    trainer = tfdp.Trainer(model, optimizer=OPTIMIZERS[optimizer](), loss="mse", strategy=strategy, **options)
+    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=3, verbose=0)
+    trainer.close()
+    print("RESULT " + json.dumps({"case": case, "weights": [w.tolist() for w in model.get_weights()],
+                                  "iterations": int(trainer.optimizer.iterations.numpy())}), flush=True)
+"""
+
+
+@pytest.fixture(scope="session")
+def two_worker_trainers(tmp_path_factory):
+    """Every case of TWO_WORKER_CASES in one 2-worker job (once per test run): each worker's result."""
+    _, results = once_per_run(tmp_path_factory, "trainer_two_workers", lambda _: [
+        r.as_dict() for r in run_workers(CASES_WORKER, num_workers=2, timeout=240,
+                                         args=(json.dumps(TWO_WORKER_CASES),))])
+    return [Result(**r) for r in results]
+
+
+@pytest.mark.xdist_group("trainer_two_workers")  # one job for every case
+@pytest.mark.parametrize("case", TWO_WORKER_CASES)
+def test_two_workers_equal_a_plain_single_device_loop(two_worker_trainers, case):
+    optimizer, _, reference, n = TWO_WORKER_CASES[case]
+    for r in reversed(two_worker_trainers):
         assert r.returncode == 0, r.stderr[-3000:]
     expected, iterations = plain_loop(dict_model, dict_data(n), batch_size=GLOBAL_BATCH, epochs=3,
                                       optimizer=optimizer, **reference)
-    for r in results:
-        report = r.json_lines()[0]
+    for r in two_worker_trainers:
+        [report] = [line for line in r.json_lines() if line["case"] == case]
         assert_close([np.array(w) for w in report["weights"]], expected)
         assert report["iterations"] == iterations
 
