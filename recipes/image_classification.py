@@ -25,7 +25,7 @@ from tfdp import roles
 
 FLAGS = flags.FLAGS
 recipe_flags.define_strategy_flags()
-recipe_flags.define_training_flags(global_batch_size=64, epochs=20, learning_rate=0.003)
+recipe_flags.define_training_flags(global_batch_size=64, epochs=10, learning_rate=0.003)
 recipe_flags.define_enum("dataset", "digits", datasets.NAMES,
                          "digits: the UCI digits the recipes ship, written once as a local TFDS dataset (no download); "
                          "synthetic: random images for benchmarks; mnist/fashion_mnist/cifar10: TFDS data "

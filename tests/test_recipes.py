@@ -26,13 +26,13 @@ def test_default_recipe_on_two_cpu_replicas_reaches_95_percent(tmp_path, loop):
     assert results["eval"]["accuracy"] >= 0.95
     assert results["config"]["replicas"] == 2 and results["examples_per_sec"] > 0
     assert set(results["train"]) >= {"loss", "accuracy"}
-    assert [h["epoch"] for h in results["history"]] == list(range(1, 21))  # the default 20 epochs
+    assert [h["epoch"] for h in results["history"]] == list(range(1, 11))  # the default 10 epochs
     assert all(0 <= h["val_accuracy"] <= 1 for h in results["history"])
     reached = results["time_to_accuracy"]
     assert reached["target"] == 0.95 and 0 < reached["seconds"] <= results["history"][-1]["seconds"]
     assert 0 < results["time_to_first_step_seconds"] < results["history"][0]["seconds"] < results["wall_seconds"]
     assert 0 < results["train_seconds"] < results["wall_seconds"]
-    assert results["train_examples_this_run"] == 20 * results["config"]["train_examples"]
+    assert results["train_examples_this_run"] == 10 * results["config"]["train_examples"]
     assert results["examples_per_sec"] == pytest.approx(results["train_examples_this_run"] / results["train_seconds"])
     assert "examples_per_sec" not in results["train"]  # one examples/s, defined in the file
     assert results["versions"]["keras"] and results["versions"]["tfdp"]
@@ -41,7 +41,7 @@ def test_default_recipe_on_two_cpu_replicas_reaches_95_percent(tmp_path, loop):
         assert any("events" in p.name for p in (logs / run_name).iterdir())
 
 
-# Epochs enough for the accuracy asserted (the default 20 run in-process above).
+# Epochs enough for the accuracy asserted (the default 10 run in-process above).
 LAUNCHED_EPOCHS = 6
 
 
