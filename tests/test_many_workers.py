@@ -25,36 +25,48 @@ strategy = tfdp.create_strategy()  # "auto": TF_CONFIG names the workers
 index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 report = {"index": index, "data": {}}
 
-# tfdp.data: every example once per epoch over all workers, for each way of sharding
-files, n = config["files"], config["n"]
-sources = {
-    "range": lambda: tf.data.Dataset.range(n),
-    "unseeded shuffle": lambda: tf.data.Dataset.range(n).shuffle(n),
-    "fewer files than workers": lambda: tfrecord_dataset(files["2"]),
-    "more files than workers": lambda: tfrecord_dataset(files["5"]),
-}
-for name, make in sources.items():
-    report["data"][name] = ids_per_epoch(strategy, tfdp.data.distribute(strategy, make(), global_batch_size=12))
-report["data"]["shuffle_buffer"] = ids_per_epoch(strategy, tfdp.data.distribute(
-    strategy, tf.data.Dataset.range(n), global_batch_size=12, shuffle_buffer=n))
-import tensorflow_datasets as tfds
-builder = tfds.builder_from_directory(files["tfds"])
-report["data"]["tfds"] = ids_per_epoch(strategy, tfdp.data.distribute(
-    strategy, tfdp.data.tfds_dataset_fn(builder, "train"), global_batch_size=12, shard="off"))
-
 x, y = dict_data(config["examples"])
 batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(config["batch"])
 adam = lambda **kw: keras.optimizers.Adam(  # noqa: E731  (OPTIMIZERS["adam"], with options)
     keras.optimizers.schedules.ExponentialDecay(0.02, decay_steps=3, decay_rate=0.7), **kw)
 
-# model.fit
-keras.utils.set_random_seed(7)
-with strategy.scope():
-    model = dict_model()
-    model.compile(optimizer=adam(global_clipnorm=config["clip"]), loss="mse")
-model.fit(batches, epochs=config["epochs"], verbose=0)
-report["fit"] = {"weights": [w.tolist() for w in model.get_weights()],
-                 "iterations": int(model.optimizer.iterations.numpy())}
+# A restarted job (TFDP_RESTART_COUNT) takes the data and fit results its workers wrote before
+# the kill: only the Trainer's resume is what the restart is about.
+saved = config.get("reports_dir") and os.path.join(config["reports_dir"], f"{index}.json")
+if int(os.environ.get("TFDP_RESTART_COUNT", "0")) and saved and os.path.exists(saved):
+    with open(saved) as f:
+        report = json.load(f)
+else:
+    # tfdp.data: every example once per epoch over all workers, for each way of sharding
+    files, n = config["files"], config["n"]
+    sources = {
+        "range": lambda: tf.data.Dataset.range(n),
+        "unseeded shuffle": lambda: tf.data.Dataset.range(n).shuffle(n),
+        "fewer files than workers": lambda: tfrecord_dataset(files["2"]),
+        "more files than workers": lambda: tfrecord_dataset(files["5"]),
+    }
+    for name, make in sources.items():
+        report["data"][name] = ids_per_epoch(strategy, tfdp.data.distribute(strategy, make(), global_batch_size=12))
+    report["data"]["shuffle_buffer"] = ids_per_epoch(strategy, tfdp.data.distribute(
+        strategy, tf.data.Dataset.range(n), global_batch_size=12, shuffle_buffer=n))
+    import tensorflow_datasets as tfds
+    builder = tfds.builder_from_directory(files["tfds"])
+    report["data"]["tfds"] = ids_per_epoch(strategy, tfdp.data.distribute(
+        strategy, tfdp.data.tfds_dataset_fn(builder, "train"), global_batch_size=12, shard="off"))
+
+    # model.fit
+    keras.utils.set_random_seed(7)
+    with strategy.scope():
+        model = dict_model()
+        model.compile(optimizer=adam(global_clipnorm=config["clip"]), loss="mse")
+    model.fit(batches, epochs=config["epochs"], verbose=0)
+    report["fit"] = {"weights": [w.tolist() for w in model.get_weights()],
+                     "iterations": int(model.optimizer.iterations.numpy())}
+
+    if saved:
+        with open(saved + ".tmp", "w") as f:
+            json.dump(report, f)
+        os.replace(saved + ".tmp", saved)
 
 # tfdp.Trainer, checkpointing every 2 steps; worker 1 killed once after epoch 1's third step when asked
 marker = config.get("kill_marker")
@@ -106,10 +118,12 @@ def assert_like_one_device(reports, workers):
 
 
 def test_three_workers_equal_one_device_and_a_killed_worker_restarts_to_the_same_end(tmp_path):
-    marker = tmp_path / "killed"
+    marker, reports = tmp_path / "killed", tmp_path / "reports"
+    reports.mkdir()
     result = launch(["--num_workers", "3", "--max_restarts", "1", "--grace_period", "5", "--",
                      sys.executable, "-c", WORKER,
-                     config(tmp_path, model_dir=str(tmp_path / "model_dir"), kill_marker=str(marker))],
+                     config(tmp_path, model_dir=str(tmp_path / "model_dir"), kill_marker=str(marker),
+                            reports_dir=str(reports))],
                     timeout=420)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -117,6 +131,7 @@ def test_three_workers_equal_one_device_and_a_killed_worker_restarts_to_the_same
     assert "at epoch 1 step 2" in output  # the Trainer's checkpoint before the kill, on 3 workers again
     reports = [json.loads(line.split("RESULT ", 1)[1]) for line in output.splitlines() if "RESULT " in line]
     assert_like_one_device(reports, 3)
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["0.json", "1.json", "2.json"]
 
 
 def test_four_workers_equal_one_device(tmp_path):
