@@ -75,7 +75,18 @@ class AsyncRunner:
 
     def wait(self, handle) -> tuple[int, bool]:
         chunk, remote = handle
-        self.steps.record(np.asarray(remote.fetch()))
+        try:
+            record = remote.fetch()
+        except (tf.errors.AbortedError, tf.errors.CancelledError, tf.errors.UnavailableError) as error:
+            # The worker that ran these steps was lost before the chief copied their result (it
+            # lived in the lost worker's context: "Unable to find a context_id ... Perhaps the
+            # worker was restarted"; seen with the digits recipe's killed worker), or the
+            # coordinator aborted them. TensorFlow reschedules only closures that never ran: what
+            # they applied to the ps stands, their staleness record is lost, training goes on.
+            logger.warning("tfdp: the result of %d step(s) was lost with a restarted worker (%s); training goes "
+                           "on", chunk, type(error).__name__)
+            return chunk, False
+        self.steps.record(np.asarray(record))
         return chunk, False
 
     def quiesce(self) -> None:
