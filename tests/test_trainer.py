@@ -359,15 +359,31 @@ def test_workers_restoring_different_checkpoints_is_a_config_error_not_a_hang(tm
         assert "CONFIG_ERROR" in r.stdout and "filesystem every worker shares" in r.stdout
 
 
+UNTIL_SIGTERM = """
+import signal, time
+
+
+def until_sigterm(seconds=60):
+    watch = signal.getsignal(signal.SIGTERM).__self__  # the PreemptionWatch of the running fit
+    deadline = time.monotonic() + seconds
+    while not watch.signalled and time.monotonic() < deadline:
+        time.sleep(0.01)  # Python runs the signal handler between these sleeps
+    assert watch.signalled, "tfdp-launch did not pass SIGTERM on"
+"""
+
+
 def test_sigterm_to_the_launcher_saves_at_an_agreed_step_and_the_next_run_resumes_exactly(tmp_path):
     """What a scheduler does before preempting: SIGTERM (here mid-epoch, from worker 0 to tfdp-launch).
     The checkpoint 2 workers wrote resumes on 3 workers and on 1 process (a job requeued in another
     shape), each ending as an uninterrupted one-device run (batches of 12: 2 and 3 divide them)."""
     model_dir, marker = tmp_path / "model_dir", tmp_path / "preempted"
-    worker = WORKER.replace(
+    # Worker 0 then waits until tfdp-launch's SIGTERM reached it too (its preemption watch noted it),
+    # so the agreed step is the next one in this epoch however busy the machine is (without the
+    # wait, the remaining steps of the epoch could run before the launcher passes the signal on).
+    worker = UNTIL_SIGTERM + WORKER.replace(
         "os.kill(os.getpid(), signal.SIGKILL)",
         f"(os.path.exists({str(marker)!r}) or (open({str(marker)!r}, 'w').close(), "
-        "os.kill(os.getppid(), signal.SIGTERM)))")
+        "os.kill(os.getppid(), signal.SIGTERM), until_sigterm()))")
     env = {**_env(None), "OPTIONS": json.dumps({"fit": {"steps_per_epoch": 4}}), "OPTIMIZER": "adam",
            "KILL_EPOCH": "1", "KILL_STEP": "1", "BATCH": "12"}
 
